@@ -1,0 +1,251 @@
+"""The Prefetcher: a data stream whose batches are made in other processes.
+
+``Prefetcher(stream)`` starts producer processes that run ``stream`` and
+write its batches into a ring of shared memory slots; iterating the
+Prefetcher gives numpy arrays that are views of those slots. Module map:
+
+* ``layout``     slot header and message codecs (pure)
+* ``ring``       anonymous shared segments: create, map, pass
+* ``sharding``   splitting requests between producers (pure)
+* ``producer``   the producer process's loop
+* ``consumer``   ordered delivery, view lifetimes, recycling
+* ``_lifecycle`` start method, the shutdown protocol, exit hooks
+"""
+
+from __future__ import annotations
+
+import numbers
+import weakref
+from typing import Any, Iterator
+
+import numpy
+
+from shmfuel.exceptions import ClosedError
+from shmfuel.prefetch._lifecycle import ProducerPool
+from shmfuel.prefetch.consumer import Consumer
+from shmfuel.prefetch.sharding import why_not_shardable
+from shmfuel.streams import AbstractDataStream
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+class Prefetcher(AbstractDataStream):
+    """Runs a data stream in producer processes; hands out shared memory.
+
+    Parameters
+    ----------
+    data_stream : AbstractDataStream
+        The pipeline to run. It is pickled once with cloudpickle, so it may
+        hold lambdas and classes defined in ``__main__``; each producer runs
+        its own copy.
+    hwm : int, optional
+        Ring depth: how many batches the producers may be ahead of the
+        consumer (split between the producers). Default 10.
+    workers : int, optional
+        Number of producer processes. With ``workers > 1`` each producer
+        answers every ``workers``-th request of the iteration scheme, and
+        the batches arrive exactly as with one producer, in the same order.
+        This needs a *per-batch* pipeline: single-child transformers that
+        make one item per child item, over a ``DataStream`` with an
+        iteration scheme. Pipelines with ``Batch``, ``Cache``, ``Filter``,
+        ``Unpack``, ``Window`` or ``Merge``, or without a scheme, hold state
+        across requests and raise ``ValueError`` for ``workers > 1``.
+    copy : bool, optional
+        Hand out arrays that own their memory instead of views into the
+        ring. Default False.
+    timeout : float, optional
+        Raise :class:`~shmfuel.exceptions.PrefetchTimeoutError` if a batch
+        takes longer than this many seconds. By default, wait as long as the
+        producers are alive (a producer's death is always noticed at once).
+    start_method : str, optional
+        ``'fork'``, ``'forkserver'`` or ``'spawn'``; by default fork when it
+        is safe (Linux, one thread, no CUDA context), else forkserver.
+    pin_memory : bool, optional
+        Page-lock each slot once with ``cudaHostRegister`` so that
+        ``torch.from_numpy(view).to('cuda', non_blocking=True)`` is a direct
+        DMA. Needs torch with CUDA. A slot is recycled only after the CUDA
+        work queued when its views were released has finished.
+
+    View lifetime
+    -------------
+    Arrays of a batch are views of a slot and stay valid as long as any of
+    them (or anything made from them: slices, ``torch.from_numpy``) is
+    referenced; the slot is reused only after all are gone. Keep a batch
+    past the next ones freely; if the caller holds so many that a producer
+    would have no slot left, the next batch is delivered as a copy. Other
+    sources (lists, strings, object arrays, scalars) are unpickled: they
+    are owned objects, equal to and of the same type as what the stream
+    made.
+
+    Memory
+    ------
+    Each of the ``hwm`` slots holds one batch: header (under 4 KiB) plus
+    each source rounded up to 64 bytes; a slot grows (by at least 25%) when
+    a later batch is larger and never shrinks. Shared memory used is at
+    most ``hwm * 1.25 * (largest batch + 4 KiB)``, plus the copies made
+    for batches the caller hoards.
+
+    Faults
+    ------
+    An exception in the pipeline is raised here, after the batches before
+    it, with its type and message and the producer's traceback as
+    ``__cause__``. A producer that dies raises
+    :class:`~shmfuel.exceptions.ProducerDiedError` with its exit code or
+    signal. Either error is raised again by every later call. Producers
+    exit when the consumer dies, and shared memory has no name to leak.
+
+    """
+
+    def __init__(self, data_stream: Any, hwm: int = 10, workers: int = 1,
+                 copy: bool = False, timeout: float | None = None,
+                 start_method: str | None = None,
+                 pin_memory: bool = False) -> None:
+        for name, value in (("hwm", hwm), ("workers", workers)):
+            if isinstance(value, bool) or not isinstance(value,
+                                                         numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if hwm < workers:
+            raise ValueError(f"hwm must be at least workers ({workers}) so "
+                             f"that every producer has a slot, got {hwm}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive or None, got {timeout}")
+        if not isinstance(data_stream, AbstractDataStream):
+            raise TypeError("Prefetcher wraps a data stream (an "
+                            "AbstractDataStream), got "
+                            f"{type(data_stream).__name__}")
+        if workers > 1:
+            reason = why_not_shardable(data_stream)
+            if reason is not None:
+                raise ValueError(
+                    f"workers={workers} would change the batches of this "
+                    f"stream: {reason}. Use workers=1, or batch in the "
+                    "iteration scheme (DataStream(dataset, iteration_scheme="
+                    "ShuffledScheme(...))) so each batch is one request")
+        super().__init__(axis_labels=data_stream.axis_labels)
+        self._sources = tuple(data_stream.sources)
+        self._produces_examples = data_stream.produces_examples
+        pinning = _cuda_pinning() if pin_memory else None
+        import cloudpickle
+        try:
+            payload = cloudpickle.dumps(data_stream)
+        except Exception as exc:
+            raise TypeError(f"the data stream cannot be pickled for the "
+                            f"producers: {exc}") from exc
+        slots = _split(hwm, workers)
+        self.hwm = hwm
+        self.workers = workers
+        self._pool = ProducerPool(payload, workers, slots, start_method)
+        self._consumer = Consumer(self._pool, slots, copy, timeout, pinning)
+        self._closed = False
+        self._finalizer = weakref.finalize(self, self._pool.shutdown)
+
+    @property
+    def produces_examples(self) -> bool:
+        return bool(self._produces_examples)
+
+    @produces_examples.setter
+    def produces_examples(self, value: bool) -> None:
+        self._produces_examples = value
+
+    @property
+    def start_method(self) -> str:
+        return self._pool.start_method
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this Prefetcher is closed; make a new one")
+
+    def get_epoch_iterator(self, as_dict: bool = False) -> Iterator[Any]:
+        """A new epoch; what is left of the previous one is skipped."""
+        self._check_open()
+        epoch = self._consumer.start_epoch()
+        return _EpochIterator(self, epoch, as_dict)
+
+    def get_data(self, request: Any = None) -> Any:
+        raise NotImplementedError("iterate a Prefetcher with "
+                                  "get_epoch_iterator()")
+
+    def next_epoch(self) -> None:
+        """Nothing to do: each epoch iterator starts a new epoch."""
+        self._check_open()
+
+    def reset(self) -> None:
+        """Nothing to do: each epoch iterator starts a new epoch."""
+        self._check_open()
+
+    def close(self) -> None:
+        """Stop the producers. Idempotent; views handed out stay valid."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> Prefetcher:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> Any:
+        raise TypeError("a Prefetcher owns processes and cannot be pickled; "
+                        "pickle the stream it wraps instead")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the ring so far.
+
+        Keys: ``batches`` delivered, ``copied`` (delivered as copies),
+        ``wait_s`` (``total``, ``p50``, ``p95``, ``max`` of the time
+        ``next()`` took), ``producer_busy_s`` (time each producer spent
+        making and writing batches, as of its last delivered batch),
+        ``ring`` (``slots``, ``ready``: delivered by producers but not yet
+        taken, ``held``: taken and still referenced), and
+        ``time_to_first_batch_s`` (from construction).
+        """
+        consumer = self._consumer
+        waits = numpy.frombuffer(consumer.waits, dtype=float) if len(
+            consumer.waits) else numpy.zeros(1)
+        return {
+            "batches": consumer.delivered,
+            "copied": consumer.copied,
+            "wait_s": {"total": float(waits.sum()),
+                       "p50": float(numpy.percentile(waits, 50)),
+                       "p95": float(numpy.percentile(waits, 95)),
+                       "max": float(waits.max())},
+            "producer_busy_s": [c.busy_ns / 1e9 for c in consumer.channels],
+            "ring": {"slots": self.hwm,
+                     "ready": sum(sum(kind == 1 for kind, _ in c.inbox)
+                                  for c in consumer.channels),
+                     "held": sum(c.held for c in consumer.channels)},
+            "time_to_first_batch_s": consumer.first_batch_s,
+        }
+
+
+class _EpochIterator:
+    def __init__(self, prefetcher: Prefetcher, epoch: int,
+                 as_dict: bool) -> None:
+        self.prefetcher = prefetcher
+        self.epoch = epoch
+        self.as_dict = as_dict
+
+    def __iter__(self) -> _EpochIterator:
+        return self
+
+    def __next__(self) -> Any:
+        prefetcher = self.prefetcher
+        if prefetcher._closed:
+            raise ClosedError("this Prefetcher is closed; make a new one")
+        values = prefetcher._consumer.next_batch(self.epoch)
+        if self.as_dict:
+            return dict(zip(prefetcher._sources, values))
+        return tuple(values)
+
+
+def _cuda_pinning() -> Any:
+    from shmfuel.prefetch._pinning import CudaPinning
+    return CudaPinning()
+
+
+__all__ = ["Prefetcher"]

@@ -1,0 +1,168 @@
+"""Starting and stopping producers: the shutdown protocol, written once.
+
+Start
+    The stream is pickled once with cloudpickle (so lambdas and classes
+    defined in ``__main__`` travel) and handed to each producer with one
+    end of its own ``socketpair``. The start method is ``fork`` when that is
+    safe (Linux, one thread, no CUDA context: start-up in milliseconds),
+    else ``forkserver`` (or ``spawn`` where there is no forkserver); pass
+    ``start_method`` to choose.
+
+Stop (``close()``, ``with`` exit, garbage collection, interpreter exit)
+    1. send MSG_STOP to every producer and close our socket ends, so a
+       producer that misses the message sees end-of-file;
+    2. join each producer for up to ``GRACE_S``: producers look at their
+       socket between batches and every ``producer.POLL_S`` while waiting;
+    3. SIGTERM the producers still alive (one stuck in a slow batch) and
+       join for ``GRACE_S``; then SIGKILL, with a warning, what is left.
+    Shared memory needs no step: segments have no name (see ``ring``), and
+    mappings go away with the last view of them.
+
+Consumer death (SIGKILL, a crash)
+    Its socket ends close, so producers see end-of-file; they also check
+    that the consumer's pid is alive while they wait. Either way they exit
+    within about ``producer.POLL_S`` plus one batch.
+
+Producer death (SIGKILL, segfault, ``os._exit``, the OOM killer)
+    The consumer waits on each producer's sentinel together with its
+    socket, and raises :class:`~shmfuel.exceptions.ProducerDiedError` with
+    the exit code or signal as soon as the death is seen.
+
+Interpreter exit without ``close()``
+    An ``atexit`` hook, registered after ``multiprocessing``'s own (so it
+    runs first), stops every live pool; otherwise ``multiprocessing`` would
+    wait for the producers forever.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import multiprocessing.util
+import os
+import signal
+import socket
+import sys
+import threading
+import warnings
+import weakref
+from typing import Any
+
+from shmfuel.prefetch import layout, producer
+
+GRACE_S = 1.0
+
+_live_pools: weakref.WeakSet[ProducerPool] = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _at_exit() -> None:
+    for pool in list(_live_pools):
+        pool.shutdown()
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_at_exit)
+        _atexit_registered = True
+
+
+def _cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:
+        return True
+
+
+def choose_context(start_method: str | None) -> Any:
+    """The multiprocessing context producers start with."""
+    methods = multiprocessing.get_all_start_methods()
+    if start_method is not None:
+        if start_method not in methods:
+            raise ValueError(f"start_method must be one of {methods}, got "
+                             f"{start_method!r}")
+        return multiprocessing.get_context(start_method)
+    if (sys.platform.startswith("linux") and threading.active_count() == 1
+            and not _cuda_initialized()):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context(
+        "forkserver" if "forkserver" in methods else "spawn")
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a process ended, in words."""
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = (" (the OOM killer also sends SIGKILL)"
+                if -exitcode == signal.SIGKILL else "")
+        return f"was killed by {name}{hint}"
+    return f"exited with code {exitcode}"
+
+
+class ProducerPool:
+    """The producer processes of one Prefetcher and our socket ends."""
+
+    def __init__(self, payload: bytes, workers: int, slots: list[int],
+                 start_method: str | None) -> None:
+        _register_atexit()
+        context = choose_context(start_method)
+        self.start_method = context.get_start_method()
+        self.processes: list[Any] = []
+        self.sockets: list[socket.socket] = []
+        self.closed = False
+        _live_pools.add(self)
+        try:
+            for worker in range(workers):
+                ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                                 socket.SOCK_STREAM)
+                self.sockets.append(ours)
+                close_fds = ([s.fileno() for s in self.sockets]
+                             if self.start_method == "fork" else [])
+                process = context.Process(
+                    target=producer.main, name=f"shmfuel-producer-{worker}",
+                    args=(payload, theirs, worker, workers, slots[worker],
+                          os.getpid(), close_fds))
+                process.start()
+                theirs.close()
+                self.processes.append(process)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def shutdown(self) -> None:
+        """Stop every producer; idempotent. See the module docstring."""
+        if self.closed:
+            return
+        self.closed = True
+        _live_pools.discard(self)
+        stop = layout.encode_message(layout.MSG_STOP)
+        for sock in self.sockets:
+            try:
+                sock.setblocking(False)
+                sock.send(stop)
+            except OSError:
+                pass
+            sock.close()
+        for process in self.processes:
+            process.join(GRACE_S)
+        alive = [p for p in self.processes if p.is_alive()]
+        for process in alive:
+            process.terminate()
+        for process in alive:
+            process.join(GRACE_S)
+        for process in alive:
+            if process.is_alive():
+                warnings.warn(f"producer {process.name} (pid {process.pid}) "
+                              "ignored SIGTERM; killing it", ResourceWarning,
+                              stacklevel=2)
+                process.kill()
+                process.join()
+        for process in self.processes:
+            process.close()

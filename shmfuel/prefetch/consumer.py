@@ -1,0 +1,310 @@
+"""The consumer side: wait for slots in order, hand out views, recycle.
+
+Data flow, in the training process::
+
+    socket of producer w -> MSG_SEGMENT: map the new segment of a slot
+                         -> MSG_READY / MSG_END / MSG_ERROR: inbox[w]
+    next batch g of the epoch: producer g % workers, in turn
+      MSG_READY(slot) -> numpy views of the slot (one ``owner`` uint8 array
+                         per delivery; every view's ``base`` is the owner)
+      MSG_END         -> the epoch is over: every other producer's next
+                         message must be its MSG_END too
+      MSG_ERROR       -> re-raise the pipeline's exception, for good
+    owner garbage-collected -> weakref callback queues (w, slot)
+                         -> MSG_FREE(slot) to producer w, at the next call
+
+Views stay valid as long as any of them is referenced: a slot is written
+again only after the consumer sent MSG_FREE for it, and that happens only
+once the owner array (and so every view of it) is gone.
+
+If a delivery would leave producer ``w`` with every slot held by views the
+caller keeps, it is copied instead and its slot freed at once: hoarding
+batches costs memory, never a deadlock.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import mmap
+import os
+import socket
+import time
+import weakref
+from multiprocessing.connection import wait
+from typing import Any
+
+import numpy
+
+from shmfuel.exceptions import (
+    PrefetchTimeoutError,
+    ProducerDiedError,
+    RemoteTraceback,
+    ShmfuelError,
+)
+from shmfuel.prefetch import layout
+from shmfuel.prefetch._lifecycle import ProducerPool, describe_exit
+
+_EMPTY = b""
+
+
+class Channel:
+    """What the consumer knows of one producer."""
+
+    def __init__(self, worker: int, sock: socket.socket, process: Any,
+                 slots: int) -> None:
+        self.worker = worker
+        self.sock = sock
+        self.process = process
+        self.slots = slots
+        self.maps: list[mmap.mmap | None] = [None] * slots
+        self.inbox: collections.deque[tuple[int, Any]] = collections.deque()
+        self.pending = _EMPTY
+        self.fds: collections.deque[int] = collections.deque()
+        self.held = 0
+        self.to_free: list[int] = []
+        self.busy_ns = 0
+
+
+class Consumer:
+    """Ordered delivery from a :class:`ProducerPool`; see the module doc."""
+
+    def __init__(self, pool: ProducerPool, slots: list[int], copy: bool,
+                 timeout: float | None, pinning: Any = None) -> None:
+        self.pool = pool
+        self.channels = [Channel(w, s, p, n) for w, (s, p, n) in enumerate(
+            zip(pool.sockets, pool.processes, slots))]
+        self.copy = copy
+        self.timeout = timeout
+        self.pinning = pinning
+        self.released: collections.deque[Any] = collections.deque()
+        self.refs: dict[int, tuple[Any, int, int]] = {}
+        self.in_flight: list[tuple[Any, int, int]] = []
+        self.epoch = -1
+        self.position = 0
+        self.epoch_done = True
+        self.broken: BaseException | None = None
+        # stats
+        self.started = time.perf_counter()
+        self.first_batch_s: float | None = None
+        self.delivered = 0
+        self.copied = 0
+        self.waits = array.array("d")
+
+    # -- receiving -----------------------------------------------------------
+    def _receive(self, channel: Channel) -> None:
+        try:
+            data, fds, _, _ = socket.recv_fds(channel.sock, 1 << 16, 64,
+                                              socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = _EMPTY, []
+        channel.fds.extend(fds)
+        if not data:
+            self._died(channel)
+        messages, channel.pending = layout.decode_messages(
+            channel.pending + data)
+        for kind, slot, value in messages:
+            if kind == layout.MSG_SEGMENT:
+                fd = channel.fds.popleft()
+                try:
+                    mapping = mmap.mmap(fd, value, flags=mmap.MAP_SHARED,
+                                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                finally:
+                    os.close(fd)
+                if self.pinning is not None:
+                    self.pinning.register(mapping)
+                channel.maps[slot] = mapping
+            elif kind == layout.MSG_READY:
+                channel.inbox.append((kind, slot))
+            else:
+                channel.inbox.append((kind, value))
+
+    def _died(self, channel: Channel) -> None:
+        process = channel.process
+        process.join(1.0)
+        exc = ProducerDiedError(
+            f"producer {channel.worker} (pid {process.pid}) "
+            f"{describe_exit(process.exitcode)}; the batches it had not "
+            "delivered are lost. Look for what killed it (memory, a "
+            "crash in a C extension, os._exit in the pipeline)",
+            worker=channel.worker, pid=process.pid,
+            exitcode=process.exitcode)
+        self._break(exc)
+        raise exc
+
+    def _wait(self, channel: Channel) -> None:
+        self._flush()
+        sentinels = {c.process.sentinel: c for c in self.channels}
+        timeout = self.timeout
+        if self.in_flight:
+            timeout = 0.001 if timeout is None else min(timeout, 0.001)
+        started = time.perf_counter()
+        ready = wait([channel.sock, *sentinels], timeout)
+        if channel.sock in ready:
+            return
+        for sentinel in ready:
+            if sentinel in sentinels and sentinels[sentinel] is not channel:
+                self._died(sentinels[sentinel])
+        if ready:
+            self._receive(channel)
+            if not channel.inbox:
+                self._died(channel)
+            return
+        if self.in_flight and (self.timeout is None or
+                               time.perf_counter() - started < self.timeout):
+            return
+        exc = PrefetchTimeoutError(
+            f"no batch from producer {channel.worker} (pid "
+            f"{channel.process.pid}) within timeout={self.timeout} s; it is "
+            "alive, so the pipeline is slower than that: raise timeout")
+        self._break(exc)
+        raise exc
+
+    def _take(self, channel: Channel) -> tuple[int, Any]:
+        while not channel.inbox:
+            self._receive(channel)
+            if channel.inbox:
+                break
+            self._collect()
+            self._wait(channel)
+            self._collect()
+        return channel.inbox.popleft()
+
+    # -- releasing -----------------------------------------------------------
+    def _collect(self) -> None:
+        """Turn released views and finished copies into slots to free."""
+        released, refs = self.released, self.refs
+        while released:
+            _, worker, slot = refs.pop(id(released.popleft()))
+            if self.pinning is not None:
+                self.in_flight.append((self.pinning.record(), worker, slot))
+            else:
+                channel = self.channels[worker]
+                channel.held -= 1
+                channel.to_free.append(slot)
+        if self.in_flight:
+            still = []
+            for event, worker, slot in self.in_flight:
+                if self.pinning.done(event):
+                    channel = self.channels[worker]
+                    channel.held -= 1
+                    channel.to_free.append(slot)
+                else:
+                    still.append((event, worker, slot))
+            self.in_flight = still
+
+    def _flush(self) -> None:
+        for channel in self.channels:
+            if channel.to_free:
+                message = b"".join(layout.encode_message(layout.MSG_FREE, s)
+                                   for s in channel.to_free)
+                channel.to_free = []
+                try:
+                    channel.sock.sendall(message)
+                except OSError:
+                    pass
+
+    # -- epochs --------------------------------------------------------------
+    def _break(self, exc: BaseException) -> None:
+        if self.broken is None:
+            self.broken = exc
+            self.pool.shutdown()
+
+    def check(self) -> None:
+        if self.broken is not None:
+            raise self.broken
+
+    def start_epoch(self) -> int:
+        """Begin the next epoch, skipping what is left of the current one."""
+        self.check()
+        abandoned = None if self.epoch_done else self.epoch
+        self.epoch += 1
+        self.position = 0
+        self.epoch_done = False
+        start = layout.encode_message(layout.MSG_START, 0, self.epoch)
+        for channel in self.channels:
+            try:
+                channel.sock.sendall(start)
+            except OSError:
+                self._died(channel)
+        if abandoned is not None:
+            for channel in self.channels:
+                self._skip_to_end(channel, abandoned)
+        return self.epoch
+
+    def _skip_to_end(self, channel: Channel, epoch: int,
+                     strict: bool = False) -> None:
+        while True:
+            kind, value = self._take(channel)
+            if kind == layout.MSG_END:
+                return
+            if kind == layout.MSG_ERROR:
+                self._raise_remote(value)
+            if strict:
+                exc = ShmfuelError(
+                    f"producer {channel.worker} still had batches when epoch "
+                    f"{epoch} ended: the pipeline is not per-batch (each "
+                    "item must come from one request); use workers=1")
+                self._break(exc)
+                raise exc
+            channel.to_free.append(value)
+
+    def _raise_remote(self, payload: bytes) -> None:
+        exc, name, message, tb = layout.decode_error(payload)
+        if exc is None:
+            exc = ShmfuelError(f"the pipeline raised {name}: {message} (the "
+                               "exception could not be unpickled here)")
+        exc.__cause__ = RemoteTraceback(tb)
+        self._break(exc)
+        raise exc
+
+    def next_batch(self, epoch: int) -> list[Any]:
+        """The next batch of ``epoch``; ``StopIteration`` at its end."""
+        self.check()
+        if epoch != self.epoch:
+            raise ShmfuelError(
+                f"this epoch iterator (epoch {epoch}) was superseded by "
+                f"epoch {self.epoch}: only the newest epoch iterator of a "
+                "Prefetcher can be used")
+        if self.epoch_done:
+            raise StopIteration
+        started = time.perf_counter()
+        self._collect()
+        workers = len(self.channels)
+        channel = self.channels[self.position % workers]
+        kind, value = self._take(channel)
+        if kind == layout.MSG_END:
+            self.epoch_done = True
+            for other in self.channels:
+                if other is not channel:
+                    self._skip_to_end(other, epoch, strict=True)
+            self._flush()
+            raise StopIteration
+        if kind == layout.MSG_ERROR:
+            self._raise_remote(value)
+        batch = self._deliver(channel, value)
+        self.position += 1
+        self._flush()
+        self.waits.append(time.perf_counter() - started)
+        if self.first_batch_s is None:
+            self.first_batch_s = time.perf_counter() - self.started
+        return batch
+
+    def _deliver(self, channel: Channel, slot: int) -> list[Any]:
+        mapping = channel.maps[slot]
+        _, _, channel.busy_ns, specs = layout.read_header(mapping)
+        owner = numpy.frombuffer(mapping, numpy.uint8)
+        copy = self.copy or channel.held + 1 >= channel.slots
+        values, has_view = layout.read_batch(owner, specs, copy)
+        self.delivered += 1
+        if has_view:
+            channel.held += 1
+            ref = weakref.ref(owner, self.released.append)
+            self.refs[id(ref)] = (ref, channel.worker, slot)
+        else:
+            if copy and any(spec.kind == layout.ARRAY for spec in specs):
+                self.copied += 1
+            channel.to_free.append(slot)
+        return values

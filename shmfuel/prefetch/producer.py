@@ -1,0 +1,199 @@
+"""The producer process: run the pipeline, fill slots, publish them.
+
+Data flow of one producer (``worker`` of ``workers``)::
+
+    stream (unpickled copy, its scheme sharded)
+      -> next(epoch iterator)                 the user's pipeline runs here
+      -> wait for a free slot of our own      (MSG_FREE from the consumer)
+      -> grow the slot if the batch is larger (new segment, MSG_SEGMENT + fd)
+      -> write header + sources into it
+      -> MSG_READY(slot)                      in order, over our socket
+    end of epoch -> MSG_END(epoch); an exception -> MSG_ERROR(traceback)
+
+It never runs ahead of the consumer by more than its slots, nor by more
+than one epoch (it starts epoch ``e + 1`` only once the consumer has
+started epoch ``e``). When the consumer starts an epoch while this producer
+is still in an older one, the rest of the older one is skipped.
+
+It stops on MSG_STOP, on end-of-file on its socket (the consumer closed it
+or died), or when the consumer's process is gone (checked every
+``POLL_S`` while waiting). It ignores SIGINT: Ctrl-C goes to the consumer,
+which then stops the producers in order (see ``_lifecycle``).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import select
+import signal
+import socket
+import time
+import traceback
+from typing import Any
+
+from shmfuel.prefetch import layout, ring
+from shmfuel.prefetch.sharding import shard
+
+POLL_S = 0.5
+
+
+class _Stop(Exception):
+    """The consumer asked us to stop, or is gone."""
+
+
+def _consumer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        import psutil
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except Exception:
+        return False
+
+
+class Producer:
+    def __init__(self, sock: socket.socket, worker: int, workers: int,
+                 slots: int, consumer_pid: int) -> None:
+        self.sock = sock
+        self.worker = worker
+        self.workers = workers
+        self.consumer_pid = consumer_pid
+        self.free = collections.deque(range(slots))
+        self.maps: list[Any] = [None] * slots
+        self.capacity = [0] * slots
+        self.consumer_epoch = -1
+        self.pending = b""
+        self.busy_ns = 0
+
+    # -- control channel -------------------------------------------------
+    def poll(self, timeout: float) -> None:
+        """Handle the consumer's messages, waiting up to ``timeout`` s."""
+        if timeout > 0:
+            readable, _, _ = select.select([self.sock], [], [], timeout)
+            if not readable:
+                if not _consumer_alive(self.consumer_pid):
+                    raise _Stop
+                return
+        try:
+            data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise _Stop from exc
+        if not data:
+            raise _Stop
+        messages, self.pending = layout.decode_messages(self.pending + data)
+        for kind, a, b in messages:
+            if kind == layout.MSG_FREE:
+                self.free.append(a)
+            elif kind == layout.MSG_START:
+                self.consumer_epoch = max(self.consumer_epoch, b)
+            elif kind == layout.MSG_STOP:
+                raise _Stop
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise _Stop from exc
+
+    def acquire(self, epoch: int) -> int | None:
+        """A free slot, or None if the consumer left this epoch meanwhile."""
+        while not self.free:
+            self.poll(POLL_S)
+            if self.consumer_epoch > epoch:
+                return None
+        return self.free.popleft()
+
+    # -- slots -------------------------------------------------------------
+    def write(self, slot: int, batch: Any, seq: int, epoch: int) -> None:
+        plan = layout.plan_batch(batch, seq, epoch, self.busy_ns)
+        if plan.size > self.capacity[slot]:
+            size = ring.grown_size(plan.size, self.capacity[slot])
+            fd = ring.create_segment(size)
+            try:
+                mapping = ring.map_segment(fd, size)
+                ring.send_segment(self.sock, layout.encode_message(
+                    layout.MSG_SEGMENT, slot, size), fd)
+            finally:
+                os.close(fd)
+            if self.maps[slot] is not None:
+                self.maps[slot].close()
+            self.maps[slot] = mapping
+            self.capacity[slot] = size
+        layout.write_batch(self.maps[slot], plan)
+
+    # -- main loop -----------------------------------------------------------
+    def run(self, payload: bytes) -> None:
+        try:
+            try:
+                stream = pickle.loads(payload)
+                if self.workers > 1:
+                    shard(stream, self.worker, self.workers)
+                self.produce(stream)
+            except (_Stop, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.send(layout.encode_error(exc, traceback.format_exc()))
+            while True:
+                self.poll(POLL_S)
+        except _Stop:
+            return
+
+    def produce(self, stream: Any) -> None:
+        sources = tuple(stream.sources)
+        epoch = 0
+        while True:
+            while epoch > self.consumer_epoch + 1:
+                self.poll(POLL_S)
+            iterator = stream.get_epoch_iterator()
+            seq = 0
+            while True:
+                self.poll(0)
+                if self.consumer_epoch > epoch:
+                    break
+                started = time.perf_counter_ns()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                _check_batch(batch, sources)
+                self.busy_ns += time.perf_counter_ns() - started
+                slot = self.acquire(epoch)
+                if slot is None:
+                    break
+                started = time.perf_counter_ns()
+                self.write(slot, batch, seq, epoch)
+                self.busy_ns += time.perf_counter_ns() - started
+                self.send(layout.encode_message(layout.MSG_READY, slot))
+                seq += 1
+            self.send(layout.encode_message(layout.MSG_END, 0, epoch))
+            epoch += 1
+
+
+def _check_batch(batch: Any, sources: tuple[str, ...]) -> None:
+    if not isinstance(batch, (tuple, list)):
+        raise TypeError(f"the stream yielded a {type(batch).__name__}; a "
+                        "stream must yield a tuple with one item per source "
+                        f"{sources}")
+    if len(batch) != len(sources):
+        raise ValueError(f"the stream yielded {len(batch)} items but has "
+                         f"{len(sources)} sources {sources}")
+
+
+def main(payload: bytes, sock: socket.socket, worker: int, workers: int,
+         slots: int, consumer_pid: int, close_fds: list[int]) -> None:
+    """Entry point of a producer process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    Producer(sock, worker, workers, slots, consumer_pid).run(payload)

@@ -1,0 +1,3 @@
+"""placeholder"""
+class MultiProcessing: pass
+class BackgroundProcess: pass
