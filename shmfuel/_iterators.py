@@ -75,4 +75,4 @@ class Zip:
         return self
 
     def __next__(self) -> tuple[Any, ...]:
-        return tuple(next(it) for it in self.iterators)
+        return tuple([next(it) for it in self.iterators])
