@@ -205,6 +205,7 @@ class Prefetcher(AbstractDataStream):
         ``time_to_first_batch_s`` (from construction).
         """
         consumer = self._consumer
+        consumer._collect()
         waits = numpy.frombuffer(consumer.waits, dtype=float) if len(
             consumer.waits) else numpy.zeros(1)
         return {

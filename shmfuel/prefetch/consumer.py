@@ -42,7 +42,7 @@ from shmfuel.exceptions import (
     RemoteTraceback,
     ShmfuelError,
 )
-from shmfuel.prefetch import layout
+from shmfuel.prefetch import layout, ring
 from shmfuel.prefetch._lifecycle import ProducerPool, describe_exit
 
 _EMPTY = b""
@@ -94,12 +94,12 @@ class Consumer:
     # -- receiving -----------------------------------------------------------
     def _receive(self, channel: Channel) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(channel.sock, 1 << 16, 64,
-                                              socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
+            received = ring.receive_nowait(channel.sock, 1 << 16, 64)
         except OSError:
-            data, fds = _EMPTY, []
+            received = (_EMPTY, [])
+        if received is None:
+            return
+        data, fds = received
         channel.fds.extend(fds)
         if not data:
             self._died(channel)

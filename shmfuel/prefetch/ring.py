@@ -17,6 +17,7 @@ size, never with ``SIGBUS`` in the middle of an epoch, and are mapped with
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import socket
@@ -88,3 +89,25 @@ def map_segment(fd: int, size: int) -> mmap.mmap:
 def send_segment(sock: socket.socket, message: bytes, fd: int) -> None:
     """Send ``message`` with ``fd`` attached."""
     socket.send_fds(sock, [message], [fd])
+
+
+_FD_SIZE = array.array("i").itemsize
+
+
+def receive_nowait(sock: socket.socket, bufsize: int,
+                   maxfds: int) -> tuple[bytes, list[int]] | None:
+    """Received bytes and file descriptors, or None if nothing is there.
+
+    ``socket.recv_fds`` ignores its ``flags`` before Python 3.12, so this
+    calls ``recvmsg`` with ``MSG_DONTWAIT`` itself.
+    """
+    try:
+        data, ancillary, _, _ = sock.recvmsg(
+            bufsize, socket.CMSG_LEN(maxfds * _FD_SIZE), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % _FD_SIZE])
+    return data, list(fds)

@@ -1,0 +1,269 @@
+"""The Prefetcher, black-box: same data as serial, views in shared memory."""
+
+import os
+import pickle
+import time
+
+import numpy
+import pytest
+
+import shmfuel
+from shmfuel import Prefetcher
+from shmfuel.datasets import IndexableDataset, IterableDataset
+from shmfuel.exceptions import ClosedError, ShmfuelError
+from shmfuel.schemes import ConstantScheme, SequentialExampleScheme, SequentialScheme
+from shmfuel.streams import DataStream
+from shmfuel.transformers import Batch, Mapping
+
+from helpers import as_lists, sequential_stream, shared_mapping_of, shuffled_stream
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def serial_epochs(stream, epochs):
+    return [as_lists(stream.get_epoch_iterator()) for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_batches_as_serial_over_three_shuffled_epochs(workers):
+    expected = serial_epochs(shuffled_stream(), 3)
+    with Prefetcher(shuffled_stream(), hwm=4, workers=workers) as stream:
+        got = [as_lists(stream.get_epoch_iterator()) for _ in range(3)]
+    assert got == expected
+    assert expected[0] != expected[1]
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_start_methods_and_closures(start_method):
+    offset = 100
+
+    class AddOffset(Mapping):
+        pass
+    stream = AddOffset(sequential_stream(), lambda data: (data[0] + offset,))
+    with Prefetcher(stream, hwm=3, start_method=start_method) as prefetched:
+        assert prefetched.start_method == start_method
+        got = [list(x) for x, in prefetched.get_epoch_iterator()]
+    assert got == [[100 + i, 101 + i] for i in range(0, 20, 2)]
+
+
+def test_it_is_a_data_stream():
+    labels = {"x": ("batch", "feature")}
+    dataset = IndexableDataset({"x": numpy.zeros((4, 2)), "y": [1, 2, 3, 4]},
+                               axis_labels=labels)
+    stream = DataStream(dataset, iteration_scheme=SequentialScheme(4, 2))
+    with Prefetcher(stream) as prefetched:
+        assert isinstance(prefetched, shmfuel.streams.AbstractDataStream)
+        assert prefetched.sources == ("x", "y")
+        assert prefetched.produces_examples is False
+        assert prefetched.axis_labels == labels
+        first = next(prefetched.get_epoch_iterator(as_dict=True))
+        assert set(first) == {"x", "y"} and first["y"] == [1, 2]
+        epochs = prefetched.iterate_epochs()
+        assert len(list(next(epochs))) == 2
+        prefetched.reset()
+        prefetched.next_epoch()
+        assert len(list(next(epochs))) == 2
+    assert shmfuel.Prefetcher is Prefetcher
+
+
+def test_views_live_in_a_shared_mapping():
+    with Prefetcher(shuffled_stream()) as stream:
+        x, name = next(stream.get_epoch_iterator())
+        assert isinstance(name, list)
+        line = shared_mapping_of(x.ctypes.data)
+        assert line is not None
+        assert line.split()[1][3] == "s", line
+        assert "memfd:shmfuel-slot" in line
+        assert not x.flags.owndata
+        del x, name
+
+
+def test_copy_true_gives_owned_arrays():
+    with Prefetcher(shuffled_stream(), copy=True) as stream:
+        x, _ = next(stream.get_epoch_iterator())
+        assert x.flags.owndata and shared_mapping_of(x.ctypes.data).split()[1][3] != "s"
+
+
+def test_held_views_stay_intact_while_the_ring_moves_on():
+    with Prefetcher(shuffled_stream(n=200, batch_size=5), hwm=3) as stream:
+        epoch = stream.get_epoch_iterator()
+        held, _ = next(epoch)
+        snapshot = held.copy()
+        rest = [x.copy() for x, _ in epoch]
+        assert len(rest) == 39
+        numpy.testing.assert_array_equal(held, snapshot)
+        assert stream.stats()["ring"]["held"] == 1
+        del held
+        list(stream.get_epoch_iterator())
+        assert stream.stats()["ring"]["held"] == 0
+
+
+def test_hoarding_every_batch_does_not_deadlock():
+    expected = serial_epochs(shuffled_stream(), 1)[0]
+    with Prefetcher(shuffled_stream(), hwm=2) as stream:
+        hoard = list(stream.get_epoch_iterator())
+        assert as_lists(hoard) == expected
+        assert stream.stats()["copied"] > 0
+
+
+def grow(data):
+    n = int(data[0][0])
+    return (numpy.full((n + 1) * 1000, n, dtype="int64"),)
+
+
+def test_growing_batches_are_never_truncated():
+    with Prefetcher(Mapping(sequential_stream(n=30, batch_size=1), grow), hwm=2) as stream:
+        for n, (x,) in enumerate(stream.get_epoch_iterator()):
+            assert x.shape == ((n + 1) * 1000,)
+            assert (x == n).all()
+
+
+def mixed(data):
+    i = int(data[0][0])
+    return ([f"s{i}"] * (i % 3), numpy.array([[i], [i, i]], dtype=object),
+            numpy.float32(i), {"i": i}, numpy.ma.masked_array([i, 0], mask=[0, 1]))
+
+
+def test_non_array_sources_arrive_equal():
+    stream = Mapping(sequential_stream(n=6, batch_size=1), mixed,
+                     add_sources=("strs", "ragged", "scalar", "dict", "masked"))
+    expected = list(stream.get_epoch_iterator())
+    with Prefetcher(stream) as prefetched:
+        got = list(prefetched.get_epoch_iterator())
+    assert len(got) == 6
+    for ours, theirs in zip(got, expected):
+        assert ours[1] == theirs[1] and ours[3] == theirs[3] and ours[4] == theirs[4]
+        assert type(ours[3]) is numpy.float32
+        assert ours[2].dtype == object and ours[2].tolist() == theirs[2].tolist()
+        assert isinstance(ours[5], numpy.ma.MaskedArray)
+        assert ours[5].mask.tolist() == [False, True]
+
+
+def slow_even(data):
+    if int(data[0][0]) // 2 % 2 == 0:
+        time.sleep(0.02)
+    return data
+
+
+def test_two_workers_keep_order_with_one_slower():
+    stream = Mapping(sequential_stream(n=40, batch_size=2), slow_even)
+    with Prefetcher(stream, hwm=4, workers=2) as prefetched:
+        for _ in range(2):
+            got = [list(x) for x, in prefetched.get_epoch_iterator()]
+            assert got == [[i, i + 1] for i in range(0, 40, 2)]
+
+
+def count_calls(path):
+    def mapping(data):
+        with open(path, "a") as f:
+            f.write("x")
+        return data
+    return mapping
+
+
+def test_back_pressure_producer_stays_within_hwm(tmp_path):
+    log = tmp_path / "calls"
+    stream = Mapping(sequential_stream(n=100, batch_size=1), count_calls(str(log)))
+    with Prefetcher(stream, hwm=3) as prefetched:
+        epoch = prefetched.get_epoch_iterator()
+        next(epoch)
+        time.sleep(0.5)
+        # one batch taken, hwm in the ring, one made and waiting for a slot
+        assert len(log.read_text()) <= 1 + 3 + 1
+        for _ in range(10):
+            next(epoch)
+        time.sleep(0.3)
+        assert 11 + 3 <= len(log.read_text()) <= 11 + 3 + 1
+
+
+def test_abandoned_epoch_is_skipped_and_the_next_is_complete():
+    expected = serial_epochs(shuffled_stream(), 3)
+    with Prefetcher(shuffled_stream(), hwm=3, workers=2) as stream:
+        epoch = stream.get_epoch_iterator()
+        assert as_lists([next(epoch), next(epoch)]) == expected[0][:2]
+        assert as_lists(stream.get_epoch_iterator()) == expected[1]
+        stream.get_epoch_iterator()  # abandoned before its first batch
+        with pytest.raises(ShmfuelError, match="superseded"):
+            next(epoch)
+        assert stream.stats()["batches"] == 2 + len(expected[1])
+
+
+def test_empty_epochs_do_not_spin():
+    dataset = IndexableDataset({"x": numpy.zeros(0)})
+    stream = DataStream(dataset, iteration_scheme=SequentialScheme(0, 2))
+    with Prefetcher(stream) as prefetched:
+        for _ in range(3):
+            assert list(prefetched.get_epoch_iterator()) == []
+
+
+def test_example_stream_without_scheme():
+    stream = DataStream(IterableDataset({"x": [1, 2, 3]}))
+    with Prefetcher(stream) as prefetched:
+        assert prefetched.produces_examples
+        assert list(prefetched.get_epoch_iterator()) == [(1,), (2,), (3,)]
+        assert list(prefetched.get_epoch_iterator()) == [(1,), (2,), (3,)]
+
+
+def test_close_is_idempotent_and_use_after_close_is_an_error():
+    stream = Prefetcher(sequential_stream())
+    epoch = stream.get_epoch_iterator()
+    x, = next(epoch)
+    pids = [p.pid for p in stream._pool.processes]
+    stream.close()
+    stream.close()
+    assert list(x) == [0, 1]  # views outlive close
+    with pytest.raises(ClosedError, match="closed"):
+        stream.get_epoch_iterator()
+    with pytest.raises(ClosedError):
+        next(epoch)
+    with pytest.raises(ClosedError):
+        with stream:
+            pass
+    assert all(not os.path.exists(f"/proc/{pid}/status") or "zombie" in
+               open(f"/proc/{pid}/status").read() for pid in pids)
+
+
+def test_stats():
+    with Prefetcher(sequential_stream(), hwm=4) as stream:
+        assert stream.stats()["time_to_first_batch_s"] is None
+        list(stream.get_epoch_iterator())
+        stats = stream.stats()
+    assert stats["batches"] == 10
+    assert stats["time_to_first_batch_s"] > 0
+    wait = stats["wait_s"]
+    assert 0 <= wait["p50"] <= wait["p95"] <= wait["max"] <= wait["total"]
+    assert stats["ring"]["slots"] == 4 and stats["ring"]["held"] == 0
+    assert stats["producer_busy_s"][0] > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="hwm must be an int"):
+        Prefetcher(sequential_stream(), hwm=2.5)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        Prefetcher(sequential_stream(), workers=0)
+    with pytest.raises(ValueError, match="hwm must be at least workers"):
+        Prefetcher(sequential_stream(), hwm=1, workers=2)
+    with pytest.raises(TypeError, match="wraps a data stream"):
+        Prefetcher([1, 2, 3])
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        Prefetcher(sequential_stream(), timeout=0)
+    with pytest.raises(ValueError, match="start_method must be one of"):
+        Prefetcher(sequential_stream(), start_method="thread")
+    examples = DataStream(IndexableDataset({"x": [1, 2]}),
+                          iteration_scheme=SequentialExampleScheme(2))
+    with pytest.raises(ValueError, match="workers=2 would change the batches.*Batch"):
+        Prefetcher(Batch(examples, ConstantScheme(1)), workers=2)
+
+
+def test_unpicklable_stream_is_a_type_error():
+    import threading
+    stream = Mapping(sequential_stream(), lambda d: d)
+    stream.lock = threading.Lock()
+    with pytest.raises(TypeError, match="cannot be pickled for the producers"):
+        Prefetcher(stream)
+
+
+def test_prefetcher_itself_does_not_pickle():
+    with Prefetcher(sequential_stream()) as stream:
+        with pytest.raises(TypeError, match="pickle the stream it wraps"):
+            pickle.dumps(stream)

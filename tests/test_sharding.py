@@ -1,0 +1,60 @@
+"""Splitting requests between producers, without processes."""
+
+import pickle
+
+import numpy
+import pytest
+
+from shmfuel.datasets import IndexableDataset, IterableDataset
+from shmfuel.prefetch.sharding import Every, shard, why_not_shardable
+from shmfuel.schemes import ConstantScheme, SequentialExampleScheme, ShuffledScheme
+from shmfuel.streams import DataStream
+from shmfuel.transformers import Batch, Filter, Mapping, Merge, ScaleAndShift
+
+
+def batches(stream):
+    return [list(b[0]) for b in stream.get_epoch_iterator()]
+
+
+def make():
+    dataset = IndexableDataset({"x": numpy.arange(23)})
+    return ScaleAndShift(DataStream(dataset, iteration_scheme=ShuffledScheme(23, 4)), 1, 0)
+
+
+def test_every():
+    assert list(Every(iter(range(10)), 1, 3)) == [1, 4, 7]
+    it = Every(iter(range(10)), 0, 2)
+    next(it)
+    assert list(pickle.loads(pickle.dumps(it))) == [2, 4, 6, 8]
+
+
+def test_shards_interleave_to_the_whole_epochs():
+    whole = make()
+    expected = [batches(whole) for _ in range(3)]
+    shards = []
+    for worker in range(3):
+        copy = pickle.loads(pickle.dumps(make()))
+        shard(copy, worker, 3)
+        shards.append([batches(copy) for _ in range(3)])
+    for epoch in range(3):
+        merged = [shards[i % 3][epoch][i // 3] for i in range(len(expected[epoch]))]
+        assert merged == expected[epoch]
+        assert sum(len(s[epoch]) for s in shards) == len(expected[epoch])
+
+
+@pytest.mark.parametrize("stream,reason", [
+    (Batch(DataStream(IndexableDataset({"x": [1, 2]}),
+                      iteration_scheme=SequentialExampleScheme(2)), ConstantScheme(1)),
+     "Batch pulls a varying number"),
+    (Filter(make(), lambda d: True), "Filter pulls"),
+    (DataStream(IterableDataset([1, 2])), "no iteration scheme"),
+    (Merge([make(), make()], ("a", "b")), "Merge is not a DataStream"),
+])
+def test_stateful_pipelines_are_refused(stream, reason):
+    assert reason in why_not_shardable(stream)
+    with pytest.raises(ValueError, match="cannot split this stream"):
+        shard(stream, 0, 2)
+
+
+def test_per_batch_pipeline_is_shardable():
+    assert why_not_shardable(Mapping(make(), lambda d: d)) is None
