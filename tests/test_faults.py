@@ -1,0 +1,217 @@
+"""Fault injection: what breaks is reported, nothing hangs, nothing leaks."""
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy
+import pytest
+
+from shmfuel import Prefetcher
+from shmfuel.exceptions import (
+    PrefetchTimeoutError,
+    ProducerDiedError,
+    RemoteTraceback,
+    ShmfuelError,
+)
+from shmfuel.transformers import Mapping
+
+from helpers import gone, sequential_stream
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def at_batch(n, action):
+    def mapping(data):
+        if int(data[0][0]) == 2 * n:
+            action()
+        return data
+    return mapping
+
+
+def raise_key_error():
+    raise KeyError("no such example")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pipeline_exception_arrives_in_order_with_traceback(workers):
+    stream = Mapping(sequential_stream(), at_batch(3, raise_key_error))
+    with Prefetcher(stream, hwm=4, workers=workers) as prefetched:
+        epoch = prefetched.get_epoch_iterator()
+        got = [list(next(epoch)[0]) for _ in range(3)]
+        assert got == [[0, 1], [2, 3], [4, 5]]
+        with pytest.raises(KeyError, match="no such example") as info:
+            next(epoch)
+        cause = info.value.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        assert "raise_key_error" in str(cause) and "KeyError" in str(cause)
+        # Once broken, always broken.
+        with pytest.raises(KeyError, match="no such example"):
+            prefetched.get_epoch_iterator()
+
+
+def test_unpicklable_exception_keeps_type_name_and_message():
+    class Local(Exception):
+        def __reduce__(self):
+            raise TypeError("not picklable")
+
+    def fail():
+        raise Local("local trouble")
+    stream = Mapping(sequential_stream(), at_batch(0, fail))
+    with Prefetcher(stream) as prefetched:
+        with pytest.raises(ShmfuelError, match=r"raised .*Local: local trouble"):
+            list(prefetched.get_epoch_iterator())
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_7():
+    os._exit(7)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+@pytest.mark.parametrize("action,how", [
+    (kill_self, "was killed by SIGKILL"),
+    (exit_7, "exited with code 7"),
+    (segfault, "was killed by SIGSEGV"),
+])
+def test_producer_death_is_reported_not_hung(action, how):
+    stream = Mapping(sequential_stream(), at_batch(2, action))
+    with Prefetcher(stream, hwm=2) as prefetched:
+        pid = prefetched._pool.processes[0].pid
+        with pytest.raises(ProducerDiedError, match=f"producer 0 \\(pid {pid}\\) {how}") as info:
+            list(prefetched.get_epoch_iterator())
+        assert info.value.pid == pid and info.value.worker == 0
+        with pytest.raises(ProducerDiedError):
+            prefetched.get_epoch_iterator()
+
+
+def test_death_of_the_second_worker_names_it():
+    stream = Mapping(sequential_stream(), at_batch(3, exit_7))
+    with Prefetcher(stream, hwm=4, workers=2) as prefetched:
+        with pytest.raises(ProducerDiedError, match="producer 1 .* exited with code 7") as info:
+            list(prefetched.get_epoch_iterator())
+        assert info.value.worker == 1 and info.value.exitcode == 7
+
+
+def sleepy(data):
+    time.sleep(2)
+    return data
+
+
+def test_timeout_names_the_wait():
+    with Prefetcher(Mapping(sequential_stream(), sleepy), timeout=0.2) as prefetched:
+        with pytest.raises(PrefetchTimeoutError, match=r"no batch from producer 0 .* within timeout=0\.2 s"):
+            next(prefetched.get_epoch_iterator())
+
+
+def test_exception_in_with_body_stops_producers():
+    with pytest.raises(ZeroDivisionError):
+        with Prefetcher(sequential_stream(), workers=2) as prefetched:
+            pids = [p.pid for p in prefetched._pool.processes]
+            next(prefetched.get_epoch_iterator())
+            1 / 0
+    assert gone(pids)
+
+
+def test_shared_memory_shortage_fails_with_the_fix(monkeypatch):
+    from shmfuel.prefetch import ring
+
+    def no_memory(size):
+        raise ring.SharedMemoryError(f"cannot reserve {size} bytes; lower hwm")
+    monkeypatch.setattr(ring, "create_segment", no_memory)
+    with Prefetcher(sequential_stream(), start_method="fork") as prefetched:
+        with pytest.raises(ring.SharedMemoryError, match="cannot reserve .* lower hwm"):
+            next(prefetched.get_epoch_iterator())
+
+
+CONSUMER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    from helpers import sequential_stream
+    from shmfuel import Prefetcher
+    from shmfuel.transformers import Mapping
+
+    def slow(data):
+        time.sleep(0.01)
+        return data
+
+    stream = Prefetcher(Mapping(sequential_stream(n=10000), slow), workers=2)
+    print(" ".join(str(p.pid) for p in stream._pool.processes), flush=True)
+    epoch = stream.get_epoch_iterator()
+    next(epoch)
+    print("iterating", flush=True)
+    {end}
+""")
+
+
+def run_consumer(end):
+    script = CONSUMER.format(tests=os.path.dirname(__file__), end=end)
+    # Unbuffered, so that readline() takes no more than one line and
+    # communicate() gets the rest.
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, bufsize=0)
+    pids = [int(pid) for pid in process.stdout.readline().split()]
+    assert process.stdout.readline() == b"iterating\n"
+    return process, pids
+
+
+def finish(process):
+    out, err = process.communicate(timeout=20)
+    return out.decode(), err.decode()
+
+
+def test_consumer_killed_leaves_no_producer():
+    process, pids = run_consumer("for batch in epoch: pass")
+    process.kill()
+    finish(process)
+    assert process.returncode == -signal.SIGKILL
+    assert gone(pids)
+
+
+def test_ctrl_c_in_consumer_stops_producers():
+    process, pids = run_consumer("for batch in epoch: pass")
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = finish(process)
+    assert "KeyboardInterrupt" in err
+    assert process.returncode != 0
+    assert gone(pids)
+
+
+def test_exit_without_close_does_not_hang():
+    process, pids = run_consumer("print('leaving', flush=True)")
+    out, err = finish(process)
+    assert out == "leaving\n", err
+    assert process.returncode == 0, err
+    assert gone(pids)
+
+
+def test_producers_ignore_sigint_of_the_process_group():
+    with Prefetcher(sequential_stream()) as prefetched:
+        process = prefetched._pool.processes[0]
+        next(prefetched.get_epoch_iterator())
+        os.kill(process.pid, signal.SIGINT)
+        time.sleep(0.2)
+        assert process.is_alive()
+        assert len(list(prefetched.get_epoch_iterator())) == 10
+
+
+def test_views_are_numpy_arrays_after_faults():
+    # A broken prefetcher still leaves earlier batches readable.
+    stream = Mapping(sequential_stream(), at_batch(1, exit_7))
+    with Prefetcher(stream) as prefetched:
+        epoch = prefetched.get_epoch_iterator()
+        first, = next(epoch)
+        with pytest.raises(ProducerDiedError):
+            next(epoch)
+        assert isinstance(first, numpy.ndarray) and list(first) == [0, 1]
