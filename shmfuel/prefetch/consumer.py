@@ -114,6 +114,8 @@ class Consumer:
                 finally:
                     os.close(fd)
                 if self.pinning is not None:
+                    if channel.maps[slot] is not None:
+                        self.pinning.unregister(channel.maps[slot])
                     self.pinning.register(mapping)
                 channel.maps[slot] = mapping
             elif kind == layout.MSG_READY:
@@ -134,42 +136,43 @@ class Consumer:
         self._break(exc)
         raise exc
 
-    def _wait(self, channel: Channel) -> None:
+    def _wait(self, channel: Channel, deadline: float | None) -> None:
+        """Block until ``channel`` has data, a producer dies, or time is up.
+
+        While CUDA copies are in flight it wakes every millisecond, so that
+        ``_collect`` can retire them (see ``_pinning``).
+        """
         self._flush()
-        sentinels = {c.process.sentinel: c for c in self.channels}
-        timeout = self.timeout
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            exc = PrefetchTimeoutError(
+                f"no batch from producer {channel.worker} (pid "
+                f"{channel.process.pid}) within timeout={self.timeout} s; it "
+                "is alive, so the pipeline is slower than that: raise timeout")
+            self._break(exc)
+            raise exc
         if self.in_flight:
             timeout = 0.001 if timeout is None else min(timeout, 0.001)
-        started = time.perf_counter()
+        sentinels = {c.process.sentinel: c for c in self.channels}
         ready = wait([channel.sock, *sentinels], timeout)
-        if channel.sock in ready:
+        if not ready or channel.sock in ready:
             return
         for sentinel in ready:
-            if sentinel in sentinels and sentinels[sentinel] is not channel:
+            if sentinels[sentinel] is not channel:
                 self._died(sentinels[sentinel])
-        if ready:
-            self._receive(channel)
-            if not channel.inbox:
-                self._died(channel)
-            return
-        if self.in_flight and (self.timeout is None or
-                               time.perf_counter() - started < self.timeout):
-            return
-        exc = PrefetchTimeoutError(
-            f"no batch from producer {channel.worker} (pid "
-            f"{channel.process.pid}) within timeout={self.timeout} s; it is "
-            "alive, so the pipeline is slower than that: raise timeout")
-        self._break(exc)
-        raise exc
+        self._receive(channel)
+        if not channel.inbox:
+            self._died(channel)
 
     def _take(self, channel: Channel) -> tuple[int, Any]:
+        deadline = (None if self.timeout is None
+                    else time.monotonic() + self.timeout)
         while not channel.inbox:
             self._receive(channel)
             if channel.inbox:
                 break
             self._collect()
-            self._wait(channel)
-            self._collect()
+            self._wait(channel, deadline)
         return channel.inbox.popleft()
 
     # -- releasing -----------------------------------------------------------
