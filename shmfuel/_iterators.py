@@ -7,7 +7,8 @@ reliance on pickling ``itertools`` objects, which Python 3.14 drops).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 
 class Chunks:

@@ -29,7 +29,8 @@ key                        environment variable  default
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from shmfuel.exceptions import ConfigurationError
 

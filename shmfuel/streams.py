@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from shmfuel.iterator import DataIterator
 
@@ -148,12 +149,12 @@ class DataStream(AbstractDataStream):
     def next_epoch(self) -> None:
         self.data_state = self.dataset.next_epoch(self.data_state)
 
-    def get_epoch_iterator(self, **kwargs: Any) -> Any:
+    def get_epoch_iterator(self, as_dict: bool = False) -> Any:
         if not self._fresh_state:
             self.next_epoch()
         else:
             self._fresh_state = False
-        return super().get_epoch_iterator(**kwargs)
+        return super().get_epoch_iterator(as_dict=as_dict)
 
     def get_data(self, request: Any = None) -> Any:
         return self.dataset.get_data(self.data_state, request)

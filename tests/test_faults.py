@@ -10,6 +10,7 @@ import time
 
 import numpy
 import pytest
+from helpers import gone, sequential_stream
 
 from shmfuel import Prefetcher
 from shmfuel.exceptions import (
@@ -19,8 +20,6 @@ from shmfuel.exceptions import (
     ShmfuelError,
 )
 from shmfuel.transformers import Mapping
-
-from helpers import gone, sequential_stream
 
 pytestmark = pytest.mark.timeout(60)
 

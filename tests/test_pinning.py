@@ -4,12 +4,11 @@ import importlib.util
 
 import numpy
 import pytest
+from helpers import sequential_stream
 
 import shmfuel.prefetch as prefetch
 from shmfuel import Prefetcher
 from shmfuel.transformers import Mapping
-
-from helpers import sequential_stream
 
 pytestmark = pytest.mark.timeout(60)
 

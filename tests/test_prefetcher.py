@@ -6,6 +6,7 @@ import time
 
 import numpy
 import pytest
+from helpers import as_lists, sequential_stream, shared_mapping_of, shuffled_stream
 
 import shmfuel
 from shmfuel import Prefetcher
@@ -14,8 +15,6 @@ from shmfuel.exceptions import ClosedError, ShmfuelError
 from shmfuel.schemes import ConstantScheme, SequentialExampleScheme, SequentialScheme
 from shmfuel.streams import DataStream
 from shmfuel.transformers import Batch, Mapping
-
-from helpers import as_lists, sequential_stream, shared_mapping_of, shuffled_stream
 
 pytestmark = pytest.mark.timeout(60)
 

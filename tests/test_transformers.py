@@ -362,3 +362,41 @@ def die_on_third(data):
     if data[0][0] == 4:
         os._exit(3)
     return data
+
+
+def test_background_process_puts_epochs_and_markers():
+    import threading
+    stream = batch_stream(batch_size=2, x=numpy.arange(3))
+    helper = None
+
+    def stop_after_first_epoch(data):
+        if int(data[0][0]) == 2:
+            helper.run_background = False
+        return data
+    helper = __import__("shmfuel.transformers", fromlist=["BackgroundProcess"]).BackgroundProcess(
+        Mapping(stream, stop_after_first_epoch), 10)
+    thread = threading.Thread(target=helper.main)
+    thread.start()
+    thread.join(10)
+    got = [helper.get_next_data(timeout=5) for _ in range(3)]
+    assert [list(b[0]) for b in got[:2]] == [[0, 1], [2]]
+    assert got[2] is StopIteration
+    helper.batches.close()
+    helper.batches.join_thread()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Batch(example_stream(x=list(range(7))), ConstantScheme(2)),
+    lambda: Cache(batch_stream(batch_size=2, x=numpy.arange(7)), ConstantScheme(3)),
+    lambda: Unpack(batch_stream(batch_size=3, x=numpy.arange(7))),
+    lambda: Padding(Batch(example_stream(x=[[1] * i for i in range(1, 8)]), ConstantScheme(2))),
+    lambda: NGrams(2, example_stream(x=[list(range(6)), list(range(4))])),
+])
+def test_mid_epoch_iterators_pickle_and_resume(make):
+    stream = make()
+    it = stream.get_epoch_iterator()
+    next(it)
+    clone = pickle.loads(pickle.dumps(it))
+    rest, clone_rest = list(it), list(clone)
+    assert len(rest) > 0
+    assert repr(clone_rest) == repr(rest)

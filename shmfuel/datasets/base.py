@@ -122,7 +122,7 @@ class IterableDataset(Dataset):
 
     """
 
-    example_iteration_scheme = None  # type: ignore[assignment]
+    example_iteration_scheme = None
 
     def __init__(self, iterables: Any, **kwargs: Any) -> None:
         if isinstance(iterables, dict):

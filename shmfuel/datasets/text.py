@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from shmfuel.datasets.base import Dataset
 from shmfuel.utils.formats import open_
@@ -73,7 +74,7 @@ class TextFile(Dataset):
     """
 
     provides_sources = ("features",)
-    example_iteration_scheme = None  # type: ignore[assignment]
+    example_iteration_scheme = None
 
     def __init__(self, files: Any, dictionary: dict[str, int],
                  bos_token: str | None = "<S>", eos_token: str | None = "</S>",

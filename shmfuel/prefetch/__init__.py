@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numbers
 import weakref
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy
 

@@ -297,6 +297,7 @@ class Consumer:
 
     def _deliver(self, channel: Channel, slot: int) -> list[Any]:
         mapping = channel.maps[slot]
+        assert mapping is not None, "MSG_READY for a slot never mapped"
         _, _, channel.busy_ns, specs = layout.read_header(mapping)
         owner = numpy.frombuffer(mapping, numpy.uint8)
         copy = self.copy or channel.held + 1 >= channel.slots

@@ -23,7 +23,8 @@ from __future__ import annotations
 import marshal
 import pickle
 import struct
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy
 
@@ -163,7 +164,7 @@ def read_batch(owner: numpy.ndarray, specs: Sequence[SourceSpec],
             values.append(array)
         else:
             values.append(pickle.loads(
-                owner[spec.offset:spec.offset + spec.nbytes]))
+                owner[spec.offset:spec.offset + spec.nbytes].data))
     return values, has_view
 
 
@@ -197,8 +198,9 @@ def decode_messages(data: bytes) -> tuple[list[tuple[int, int, Any]], bytes]:
 
 def encode_error(exc: BaseException, tb: str) -> bytes:
     """Pickle an exception and its formatted traceback for the consumer."""
+    exc_bytes: bytes | None
     try:
-        exc_bytes: bytes | None = pickle.dumps(exc, protocol=5)
+        exc_bytes = pickle.dumps(exc, protocol=5)
         pickle.loads(exc_bytes)
     except Exception:
         exc_bytes = None
@@ -210,7 +212,7 @@ def encode_error(exc: BaseException, tb: str) -> bytes:
 def decode_error(payload: bytes) -> tuple[BaseException | None, str, str, str]:
     """``(exception or None, type name, message, traceback)``."""
     exc_bytes, name, message, tb = pickle.loads(payload)
-    exc = None
+    exc: BaseException | None = None
     if exc_bytes is not None:
         try:
             exc = pickle.loads(exc_bytes)

@@ -64,7 +64,7 @@ def create_segment(size: int) -> int:
     else:  # pragma: no cover - non-Linux fallback
         from multiprocessing import shared_memory
         shm = shared_memory.SharedMemory(create=True, size=size)
-        fd = os.dup(shm._fd)
+        fd = os.dup(shm._fd)  # type: ignore[attr-defined]
         shm.close()
         shm.unlink()
     try:

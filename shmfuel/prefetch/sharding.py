@@ -18,7 +18,8 @@ scheme (an ``IterableDataset``) has no requests to split. For those
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 class Every:

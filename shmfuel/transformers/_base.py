@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy
 
@@ -118,10 +119,10 @@ class Transformer(AbstractDataStream):
     def next_epoch(self) -> None:
         self.data_stream.next_epoch()
 
-    def get_epoch_iterator(self, **kwargs: Any) -> Any:
+    def get_epoch_iterator(self, as_dict: bool = False) -> Any:
         """Open a new epoch of the child; see the base class."""
         self.child_epoch_iterator = self.data_stream.get_epoch_iterator()
-        return super().get_epoch_iterator(**kwargs)
+        return super().get_epoch_iterator(as_dict=as_dict)
 
     def get_data(self, request: Any = None) -> Any:
         if request is not None:

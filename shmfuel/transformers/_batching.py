@@ -108,9 +108,9 @@ class Cache(Transformer):
                          **kwargs)
         self.cache: list[list[Any]] = [[] for _ in self.sources]
 
-    def get_epoch_iterator(self, **kwargs: Any) -> Any:
+    def get_epoch_iterator(self, as_dict: bool = False) -> Any:
         self.cache = [[] for _ in self.sources]
-        return super().get_epoch_iterator(**kwargs)
+        return super().get_epoch_iterator(as_dict=as_dict)
 
     def get_data(self, request: Any = None) -> Any:
         size = _batch_size(request, "Cache")
@@ -145,9 +145,9 @@ class Unpack(Transformer):
                                     if labels is not None else None)
                                 for s, labels in self.axis_labels.items()}
 
-    def get_epoch_iterator(self, **kwargs: Any) -> Any:
+    def get_epoch_iterator(self, as_dict: bool = False) -> Any:
         self._batch = None
-        return super().get_epoch_iterator(**kwargs)
+        return super().get_epoch_iterator(as_dict=as_dict)
 
     def get_data(self, request: Any = None) -> Any:
         if request is not None:
@@ -193,7 +193,7 @@ class Padding(Transformer):
         self.mask_sources = tuple(mask_sources)
         self.mask_dtype = mask_dtype
 
-    @property
+    @property  # type: ignore[misc]
     def sources(self) -> tuple[str, ...]:
         sources: list[str] = []
         for source in self.data_stream.sources:

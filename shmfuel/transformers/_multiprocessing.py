@@ -41,12 +41,12 @@ class MultiProcessing(Transformer):
         self._prefetcher: Any = None
         self._epoch: Any = None
 
-    def get_epoch_iterator(self, **kwargs: Any) -> Any:
+    def get_epoch_iterator(self, as_dict: bool = False) -> Any:
         from shmfuel.prefetch import Prefetcher
         if self._prefetcher is None:
             self._prefetcher = Prefetcher(self.data_stream, hwm=self.max_store)
         self._epoch = self._prefetcher.get_epoch_iterator()
-        return DataIterator(self, None, **kwargs)
+        return DataIterator(self, None, as_dict=as_dict)
 
     def get_data(self, request: Any = None) -> Any:
         if request is not None:
@@ -80,8 +80,7 @@ class BackgroundProcess:
 
     def __init__(self, data_stream: Any, max_batches: int) -> None:
         self.data_stream = data_stream
-        self.batches: Any = multiprocessing.get_context("spawn").Queue(
-            max_batches)
+        self.batches: Any = multiprocessing.Queue(max_batches)
         self.run_background = True
 
     def main(self) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy
 
@@ -49,7 +50,7 @@ class Mapping(Transformer):
         self.add_sources = tuple(add_sources) if add_sources else None
         self.mapping_accepts = mapping_accepts
 
-    @property
+    @property  # type: ignore[misc]
     def sources(self) -> tuple[str, ...]:
         return tuple(self.data_stream.sources) + (self.add_sources or ())
 
@@ -164,10 +165,10 @@ class Merge(AbstractDataStream):
         for data_stream in self.data_streams:
             data_stream.next_epoch()
 
-    def get_epoch_iterator(self, **kwargs: Any) -> Any:
+    def get_epoch_iterator(self, as_dict: bool = False) -> Any:
         self.child_epoch_iterators = [ds.get_epoch_iterator()
                                       for ds in self.data_streams]
-        return super().get_epoch_iterator(**kwargs)
+        return super().get_epoch_iterator(as_dict=as_dict)
 
     def get_data(self, request: Any = None) -> Any:
         if request is not None:

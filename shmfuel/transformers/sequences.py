@@ -64,9 +64,9 @@ class Window(Transformer):
         return (index + self.source_window <= length
                 and self._target_start(index) + self.target_window <= length)
 
-    def get_epoch_iterator(self, **kwargs: Any) -> Any:
+    def get_epoch_iterator(self, as_dict: bool = False) -> Any:
         self._sequence = None
-        return super().get_epoch_iterator(**kwargs)
+        return super().get_epoch_iterator(as_dict=as_dict)
 
     def get_data(self, request: Any = None) -> Any:
         if request is not None:

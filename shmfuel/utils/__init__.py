@@ -11,7 +11,8 @@ import collections.abc
 import inspect
 import numbers
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy
 
@@ -63,7 +64,7 @@ class Subset:
             if list_or_slice and (list_or_slice[-1] - list_or_slice[0]
                                   == len(list_or_slice) - 1):
                 list_or_slice = slice(list_or_slice[0], list_or_slice[-1] + 1)
-        self.list_or_slice = list_or_slice
+        self.list_or_slice: Any = list_or_slice
         self.original_num_examples = original_num_examples
 
     @staticmethod
