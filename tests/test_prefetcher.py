@@ -266,3 +266,15 @@ def test_prefetcher_itself_does_not_pickle():
     with Prefetcher(sequential_stream()) as stream:
         with pytest.raises(TypeError, match="pickle the stream it wraps"):
             pickle.dumps(stream)
+
+
+def test_garbage_collected_prefetcher_stops_its_producers():
+    import gc
+
+    from helpers import gone
+    prefetched = Prefetcher(sequential_stream(), workers=2)
+    next(prefetched.get_epoch_iterator())
+    pids = [p.pid for p in prefetched._pool.processes]
+    del prefetched
+    gc.collect()
+    assert gone(pids)

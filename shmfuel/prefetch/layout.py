@@ -15,7 +15,11 @@ and of the same type). Nothing is ever converted silently.
 
 The producer and the consumer also talk over a socket in fixed 16-byte
 messages ``<IIQ`` (type, a, b); ``MSG_ERROR`` is followed by ``b`` bytes
-of payload, ``MSG_SEGMENT`` carries a file descriptor.
+of payload, ``MSG_SEGMENT`` carries a file descriptor. The kind of each
+item of a producer's sequence travels there, in order: a batch
+(``MSG_READY`` naming its slot), the end of an epoch (``MSG_END``), or an
+error (``MSG_ERROR``); only batches occupy a slot, so an end or an error
+can always be sent, even when every slot is taken.
 """
 
 from __future__ import annotations
