@@ -54,11 +54,18 @@ class AbstractDataStream(ABC):
 
     @property
     def sources(self) -> tuple[str, ...]:
-        return self._sources
+        """Names of the data's sources; set it to override the default."""
+        if hasattr(self, "_sources"):
+            return self._sources
+        return self._default_sources()
 
     @sources.setter
     def sources(self, value: Any) -> None:
         self._sources = tuple(value)
+
+    def _default_sources(self) -> tuple[str, ...]:
+        raise AttributeError(f"{type(self).__name__} has no sources: set "
+                             "them, or derive them from a child")
 
     def get_data(self, request: Any = None) -> Any:
         """Answer one request of the current epoch."""
@@ -128,15 +135,8 @@ class DataStream(AbstractDataStream):
         raise ValueError("a DataStream's produces_examples comes from its "
                          "iteration scheme and cannot be set")
 
-    @property
-    def sources(self) -> tuple[str, ...]:
-        if hasattr(self, "_sources"):
-            return self._sources
+    def _default_sources(self) -> tuple[str, ...]:
         return tuple(self.dataset.sources)
-
-    @sources.setter
-    def sources(self, value: Any) -> None:
-        self._sources = tuple(value)
 
     def close(self) -> None:
         self.dataset.close(self.data_state)

@@ -100,15 +100,8 @@ class Transformer(AbstractDataStream):
                              "iteration scheme is given: the scheme decides")
         self._produces_examples = value
 
-    @property
-    def sources(self) -> tuple[str, ...]:
-        if hasattr(self, "_sources"):
-            return self._sources
+    def _default_sources(self) -> tuple[str, ...]:
         return tuple(self.data_stream.sources)
-
-    @sources.setter
-    def sources(self, value: Any) -> None:
-        self._sources = tuple(value)
 
     def close(self) -> None:
         self.data_stream.close()
