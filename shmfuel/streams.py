@@ -165,4 +165,13 @@ class DataStream(AbstractDataStream):
         return dataset.apply_default_transformers(cls(dataset, **kwargs))
 
 
-__all__ = ["AbstractDataStream", "DataStream"]
+def __getattr__(name: str) -> Any:
+    # The bridge's client lives in shmfuel.bridge; it is looked up lazily so
+    # that this module and the bridge can import each other's names.
+    if name == "ServerDataStream":
+        from shmfuel.bridge.client import ServerDataStream
+        return ServerDataStream
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AbstractDataStream", "DataStream", "ServerDataStream"]  # noqa: F822

@@ -1,0 +1,82 @@
+"""Command line: ``python -m shmfuel serve package.module:factory``.
+
+``factory`` is a callable that returns a data stream (or a data stream
+itself); it is imported with the current directory on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from shmfuel.streams import AbstractDataStream
+
+
+def load_stream(spec: str) -> AbstractDataStream:
+    """The stream that ``module:attribute`` names (called if callable)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise SystemExit(f"expected package.module:factory, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    target: Any = module
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    stream = target() if callable(target) and not isinstance(
+        target, AbstractDataStream) else target
+    if not isinstance(stream, AbstractDataStream):
+        raise SystemExit(f"{spec} gave a {type(stream).__name__}, not a data "
+                         "stream")
+    return stream
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shmfuel")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a data stream over TCP")
+    serve.add_argument("factory", help="package.module:factory")
+    serve.add_argument("--port", type=int, default=5557,
+                       help="TCP port (0: any free port); default 5557")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to bind; default 127.0.0.1 (this "
+                            "machine only); 0.0.0.0 for every interface")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="producer processes (a Prefetcher) for the stream")
+    serve.add_argument("--hwm", type=int, default=10)
+    serve.add_argument("--shard", default=None, metavar="K/N",
+                       help="serve share K of N of the requests")
+    serve.add_argument("--heartbeat", type=float, default=1.0,
+                       help="seconds between heartbeats while a client waits")
+    serve.add_argument("--allow-pickle", action="store_true",
+                       help="send values without a safe encoding pickled "
+                            "(trusted networks only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s")
+    shard = None
+    if args.shard:
+        k, _, n = args.shard.partition("/")
+        shard = (int(k), int(n))
+    from shmfuel.server import start_server
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stream = load_stream(args.factory)
+    try:
+        start_server(stream, port=args.port, hwm=args.hwm, host=args.host,
+                     workers=args.workers, shard=shard,
+                     allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""ServerDataStream: a data stream read from one or more data servers.
+
+Each server gets a DEALER socket. ``get_epoch_iterator()`` asks every
+server for the next epoch (the server skips what is left of the previous
+one); batches arrive in order, tagged with their epoch, and anything from
+an older epoch is dropped. With several servers (``servers=``), server
+``k`` of ``n`` serves share ``k`` of the requests and batch ``g`` of an
+epoch comes from server ``g % n``, so the merged epoch is exactly the one
+a single server would give. Flow control is by credits: at most ``hwm``
+batches are in flight per server, and one credit goes back for each batch
+taken. A server that sends nothing, not even a heartbeat, for ``timeout``
+seconds raises :class:`BridgeTimeoutError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from typing import Any
+
+from shmfuel.bridge import require_zmq, wire
+from shmfuel.exceptions import RemoteTraceback, ShmfuelError
+from shmfuel.iterator import DataIterator
+from shmfuel.streams import AbstractDataStream
+
+log = logging.getLogger("shmfuel.bridge")
+
+
+class BridgeTimeoutError(ShmfuelError, TimeoutError):
+    """A data server did not answer in time."""
+
+
+class ServerError(ShmfuelError):
+    """An exception raised in a data server's pipeline.
+
+    Attributes
+    ----------
+    exc_type : str
+        The name of the exception's type on the server.
+
+    """
+
+    def __init__(self, message: str, exc_type: str) -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+
+
+def _remote_exception(header: dict[str, Any], address: str) -> BaseException:
+    name, message = str(header.get("exc_type")), str(header.get("message"))
+    builtin = getattr(builtins, name, None)
+    exc: BaseException
+    if (isinstance(builtin, type) and issubclass(builtin, Exception)
+            and builtin.__init__ is not None):
+        try:
+            exc = builtin(message)
+        except Exception:
+            exc = ServerError(f"{name}: {message}", name)
+    else:
+        exc = ServerError(f"the server at {address} raised {name}: {message}",
+                          name)
+    exc.__cause__ = RemoteTraceback(str(header.get("traceback", "")))
+    return exc
+
+
+class _Connection:
+    def __init__(self, context: Any, zmq: Any, host: str, port: int,
+                 curve_server_key: bytes | None, timeout: float) -> None:
+        self.zmq = zmq
+        self.address = f"tcp://{host}:{port}"
+        self.timeout = timeout
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        if curve_server_key is not None:
+            public, secret = zmq.curve_keypair()
+            self.socket.curve_serverkey = curve_server_key
+            self.socket.curve_publickey = public
+            self.socket.curve_secretkey = secret
+        self.socket.connect(self.address)
+        self.owed = 0  # credits to give back
+
+    def send(self, kind: str, flags: int = 0, **fields: Any) -> None:
+        try:
+            self.socket.send_multipart(wire.encode(kind, **fields), flags)
+        except self.zmq.Again:
+            raise BridgeTimeoutError(
+                f"could not send to the data server at {self.address} within "
+                f"{self.timeout} s: is it running and reachable?") from None
+
+
+def _parse_address(value: Any) -> tuple[str, int]:
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"server address {value!r} is not 'host:port'")
+        return host.strip("[]"), int(port)
+    host, port = value
+    return str(host), int(port)
+
+
+class ServerDataStream(AbstractDataStream):
+    """A stream whose data comes from :func:`~shmfuel.server.start_server`.
+
+    Parameters
+    ----------
+    sources : tuple of str
+        Names for the sources; there must be as many as the server has
+        (names that differ from the server's rename them, with a warning).
+    produces_examples : bool, optional
+        Learned from the server if not given.
+    host, port : str, int
+        Where the server listens.
+    hwm : int
+        Batches in flight per server.
+    axis_labels : dict, optional
+        Learned from the server if not given.
+    timeout : float
+        Seconds without any message (servers send heartbeats while they
+        work) before :class:`BridgeTimeoutError`.
+    servers : list of 'host:port' or (host, port), optional
+        Read several servers started with ``shard=(k, n)``, merged in
+        order; overrides ``host`` and ``port``.
+    allow_pickle : bool
+        Accept pickled values (trusted networks only).
+    copy : bool
+        Hand out arrays that own their memory (otherwise arrays are views
+        of the received message).
+    curve_server_key : bytes, optional
+        The server's CurveZMQ public key, for an encrypted connection.
+
+    The connection is made on first use, and dropped when pickled (an
+    unpickled stream reconnects and starts a new epoch).
+
+    """
+
+    def __init__(self, sources: Any, produces_examples: bool | None = None,
+                 host: str = "localhost", port: int = 5557, hwm: int = 10,
+                 axis_labels: dict[str, Any] | None = None,
+                 timeout: float = 30.0, *, servers: Any = None,
+                 allow_pickle: bool = False, copy: bool = False,
+                 curve_server_key: bytes | None = None) -> None:
+        if isinstance(sources, str) or not all(isinstance(s, str)
+                                               for s in sources):
+            raise TypeError(f"sources must be a tuple of names, got {sources!r}")
+        if hwm < 1:
+            raise ValueError(f"hwm must be at least 1, got {hwm}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        super().__init__(axis_labels=axis_labels)
+        self._sources = tuple(sources)
+        self._given_examples = produces_examples
+        self._given_labels = axis_labels
+        self.addresses = ([_parse_address(s) for s in servers] if servers
+                          else [(host, port)])
+        self.hwm = hwm
+        self.timeout = timeout
+        self.allow_pickle = allow_pickle
+        self.copy = copy
+        self.curve_server_key = curve_server_key
+        self.connected = False
+        self._epoch = -1
+        self._position = 0
+        self._epoch_done = True
+        self._broken: BaseException | None = None
+        self._epoch_error: BaseException | None = None
+
+    # -- connection ----------------------------------------------------------
+    def connect(self) -> None:
+        """Connect to the servers and learn their streams' metadata."""
+        if self.connected:
+            return
+        zmq = require_zmq()
+        self._zmq = zmq
+        self._context = zmq.Context()
+        self._connections = [
+            _Connection(self._context, zmq, host, port, self.curve_server_key,
+                        self.timeout)
+            for host, port in self.addresses]
+        self.connected = True
+        try:
+            metadata = []
+            for connection in self._connections:
+                connection.send(wire.HELLO)
+                header, _ = self._receive(connection, {wire.WELCOME, wire.ERROR})
+                if header["type"] == wire.ERROR:
+                    raise _remote_exception(header, connection.address)
+                metadata.append(header)
+            self._check(metadata)
+        except BaseException:
+            self.close()
+            raise
+        self._epoch, self._position, self._epoch_done = -1, 0, True
+
+    def _check(self, metadata: list[dict[str, Any]]) -> None:
+        first = metadata[0]
+        theirs = tuple(first.get("sources") or ())
+        if len(theirs) != len(self._sources):
+            raise ValueError(f"the server at {self._connections[0].address} "
+                             f"has {len(theirs)} sources {theirs}, but "
+                             f"{len(self._sources)} names were given: "
+                             f"{self._sources}")
+        if theirs != self._sources:
+            log.warning("the server's sources %s are read as %s", theirs,
+                        self._sources)
+        n = len(metadata)
+        for k, (meta, connection) in enumerate(zip(metadata, self._connections)):
+            shard = meta.get("shard")
+            expected = [k, n] if n > 1 else None
+            if shard != expected and not (n == 1 and shard is None):
+                raise ValueError(
+                    f"the server at {connection.address} serves share {shard}, "
+                    f"but it is server {k} of {n} here: start server k with "
+                    f"shard=(k, {n}), in the order given to servers=")
+            if tuple(meta.get("sources") or ()) != theirs:
+                raise ValueError("the servers serve different sources")
+        heartbeat = max(float(meta.get("heartbeat") or 0) for meta in metadata)
+        if self.timeout <= heartbeat:
+            raise ValueError(f"timeout={self.timeout} s is not longer than the "
+                             f"server's heartbeat interval ({heartbeat} s): a "
+                             "slow batch would look like a dead server")
+        self._server_examples = bool(first.get("produces_examples"))
+        labels = first.get("axis_labels")
+        if self._given_labels is None and labels:
+            renamed = dict(zip(theirs, self._sources))
+            self.axis_labels = {renamed.get(k, k): tuple(v) if v is not None
+                                else None for k, v in labels.items()}
+
+    def _receive(self, connection: _Connection,
+                 expected: set[str]) -> tuple[dict[str, Any], list[Any]]:
+        zmq = self._zmq
+        if not connection.socket.poll(int(self.timeout * 1000), zmq.POLLIN):
+            raise BridgeTimeoutError(
+                f"no answer from the data server at {connection.address} "
+                f"within {self.timeout} s: is it running and reachable? "
+                "(python -m shmfuel serve module:factory --port ...)")
+        frames = connection.socket.recv_multipart(copy=False)
+        try:
+            return wire.decode(frames, expected)
+        except wire.WireError as exc:
+            raise wire.WireError(f"malformed message from "
+                                 f"{connection.address}: {exc}") from None
+
+    def close(self) -> None:
+        """Say goodbye, close the sockets and the context. Idempotent."""
+        if not self.connected:
+            return
+        self.connected = False
+        for connection in self._connections:
+            try:
+                connection.send(wire.BYE, self._zmq.NOBLOCK)
+            except Exception:
+                pass
+            connection.socket.close(0)
+        self._context.term()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_zmq", "_context", "_connections"):
+            state.pop(key, None)
+        state["connected"] = False
+        return state
+
+    # -- the stream ----------------------------------------------------------
+    @property
+    def produces_examples(self) -> bool:
+        if self._given_examples is not None:
+            return bool(self._given_examples)
+        self.connect()
+        return self._server_examples
+
+    @produces_examples.setter
+    def produces_examples(self, value: bool) -> None:
+        self._given_examples = value
+
+    def get_epoch_iterator(self, as_dict: bool = False) -> Any:
+        """Start the next epoch on every server; skip the rest of this one."""
+        if self._broken is not None:
+            raise self._broken
+        self.connect()
+        self._epoch += 1
+        self._position = 0
+        self._epoch_done = False
+        self._epoch_error = None
+        for connection in self._connections:
+            credits = self.hwm if self._epoch == 0 else 0
+            connection.send(wire.EPOCH, epoch=self._epoch, credits=credits)
+        return DataIterator(self, None, as_dict=as_dict)
+
+    def next_epoch(self) -> None:
+        """Nothing to do: each epoch iterator starts a new epoch."""
+
+    def reset(self) -> None:
+        """Nothing to do: each epoch iterator starts a new epoch."""
+
+    def _credit(self, connection: _Connection, now: bool = False) -> None:
+        connection.owed += 1
+        if now or connection.owed >= max(1, self.hwm // 4):
+            connection.send(wire.CREDIT, credits=connection.owed)
+            connection.owed = 0
+
+    def _next_message(self, connection: _Connection) -> tuple[dict[str, Any], list[Any]]:
+        """The next message of the current epoch (credits settled)."""
+        while True:
+            if connection.owed:
+                connection.send(wire.CREDIT, credits=connection.owed)
+                connection.owed = 0
+            header, frames = self._receive(connection, wire.SERVER_TYPES)
+            kind = header["type"]
+            if kind == wire.HEARTBEAT:
+                continue
+            epoch = header.get("epoch")
+            if not isinstance(epoch, int):
+                raise wire.WireError(f"malformed message from "
+                                     f"{connection.address}: {kind} without "
+                                     "an epoch")
+            if kind == wire.BATCH and epoch != self._epoch:
+                connection.owed += 1
+            if epoch < self._epoch and kind != wire.ERROR:
+                continue
+            return header, frames
+
+    def get_data(self, request: Any = None) -> Any:
+        if request is not None:
+            raise ValueError(f"ServerDataStream takes no request, got {request!r}")
+        if self._broken is not None:
+            raise self._broken
+        if not self.connected:
+            raise ShmfuelError("call get_epoch_iterator() first")
+        if self._epoch_done:
+            if self._epoch_error is not None:
+                raise self._epoch_error
+            raise StopIteration
+        try:
+            connections = self._connections
+            connection = connections[self._position % len(connections)]
+            header, frames = self._next_message(connection)
+            kind = header["type"]
+            if kind == wire.ERROR:
+                self._epoch_done = True
+                self._epoch_error = _remote_exception(header, connection.address)
+                raise self._epoch_error
+            if kind == wire.END:
+                self._epoch_done = True
+                for other in connections:
+                    if other is not connection:
+                        header, _ = self._next_message(other)
+                        if header["type"] == wire.ERROR:
+                            raise _remote_exception(header, other.address)
+                        if header["type"] != wire.END:
+                            raise ShmfuelError(
+                                f"the server at {other.address} still had "
+                                "batches when the epoch ended: the servers' "
+                                "pipelines are not per-batch")
+                raise StopIteration
+            if kind != wire.BATCH:
+                raise wire.WireError(f"unexpected {kind} message from "
+                                     f"{connection.address}")
+            values = wire.decode_batch(header, frames, self.allow_pickle)
+            if len(values) != len(self._sources):
+                raise wire.WireError(
+                    f"{connection.address} sent {len(values)} sources, "
+                    f"expected {len(self._sources)}")
+            self._credit(connection)
+            self._position += 1
+        except StopIteration:
+            raise
+        except (BridgeTimeoutError, wire.WireError) as exc:
+            self._broken = exc
+            raise
+        if self.copy:
+            import numpy
+            values = [v.copy() if isinstance(v, numpy.ndarray) else v
+                      for v in values]
+        return tuple(values)
+
+
+__all__ = ["BridgeTimeoutError", "ServerDataStream", "ServerError"]

@@ -1,0 +1,229 @@
+"""The bridge's wire format: messages <-> lists of frames. Pure.
+
+Every message is one ZeroMQ multipart message. Frame 0 is a small JSON
+header, always with ``"v"`` (the protocol version) and ``"type"``; the
+other frames are raw buffers that the header points into.
+
+Client -> server::
+
+    hello     {"shard": null}                 -> welcome / error
+    epoch     {"epoch": e, "credits": n}      make epoch e current; n more
+                                              batches may be sent
+    credit    {"credits": n}                  n more batches may be sent
+    bye       {}
+
+Server -> client::
+
+    welcome   {"sources", "produces_examples", "axis_labels", "shard",
+               "allow_pickle"}
+    batch     {"epoch", "seq", "items": [...]} + one frame per buffer
+    end       {"epoch"}
+    error     {"exc_type", "message", "traceback", "epoch"}
+    heartbeat {}                              the server is alive, busy
+
+Batch items are encoded without pickle: a plain numeric ndarray is
+``{"t": "array", "dtype", "shape", "frame"}`` and its bytes travel in their
+own frame (C order; sent and received without a copy). Other values are
+a tagged tree of ``None``, ``bool``, ``int``, ``float``, ``str``,
+``bytes`` (a frame), ``list``, ``tuple``, ``dict``, numpy scalars, object
+arrays and nested arrays, so they arrive equal and of the same type.
+Anything else needs ``allow_pickle=True`` on both ends, which unpickles
+bytes from the network: use it on trusted networks only.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+import numpy
+
+from shmfuel.exceptions import ShmfuelError
+
+VERSION = 1
+
+HELLO, EPOCH, CREDIT, BYE = "hello", "epoch", "credit", "bye"
+WELCOME, BATCH, END, ERROR, HEARTBEAT = (
+    "welcome", "batch", "end", "error", "heartbeat")
+CLIENT_TYPES = {HELLO, EPOCH, CREDIT, BYE}
+SERVER_TYPES = {WELCOME, BATCH, END, ERROR, HEARTBEAT}
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+class WireError(ShmfuelError, ValueError):
+    """A message that is not a valid shmfuel bridge message."""
+
+
+class UnsafeValueError(ShmfuelError, TypeError):
+    """A value that cannot travel without pickle."""
+
+
+def encode(kind: str, buffers: list[Any] | None = None,
+           **fields: Any) -> list[Any]:
+    """Frames of a message: the JSON header, then ``buffers``."""
+    header = {"v": VERSION, "type": kind, **fields}
+    return [json.dumps(header, separators=(",", ":")).encode()] + (
+        buffers or [])
+
+
+def decode(frames: list[Any], expected: set[str]) -> tuple[dict[str, Any], list[Any]]:
+    """Header and buffer frames of a message.
+
+    Raises
+    ------
+    WireError
+        If the frames are not a message of this version whose type is in
+        ``expected``.
+
+    """
+    if not frames:
+        raise WireError("empty message")
+    try:
+        header = json.loads(bytes(_buffer(frames[0])))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError(f"the first frame is not a JSON header ({exc})") from None
+    if not isinstance(header, dict):
+        raise WireError(f"the header is {type(header).__name__}, not an object")
+    if header.get("v") != VERSION:
+        raise WireError(f"protocol version {header.get('v')!r}, expected "
+                        f"{VERSION}: upgrade shmfuel on both ends")
+    if header.get("type") not in expected:
+        raise WireError(f"unexpected message type {header.get('type')!r}; "
+                        f"expected one of {sorted(expected)}")
+    return header, list(frames[1:])
+
+
+def _buffer(frame: Any) -> Any:
+    return getattr(frame, "buffer", frame)
+
+
+# -- batch items ---------------------------------------------------------------
+
+def _is_raw_array(value: Any) -> bool:
+    return (type(value) is numpy.ndarray and not value.dtype.hasobject
+            and value.dtype.fields is None and value.dtype.subdtype is None)
+
+
+class _Encoder:
+    def __init__(self, allow_pickle: bool) -> None:
+        self.allow_pickle = allow_pickle
+        self.buffers: list[Any] = []
+
+    def frame(self, buffer: Any) -> int:
+        self.buffers.append(buffer)
+        return len(self.buffers) - 1
+
+    def item(self, value: Any) -> Any:
+        kind = type(value)
+        if kind in _SCALARS:
+            if kind is float and not numpy.isfinite(value):
+                return {"t": "float", "v": repr(value)}
+            return value
+        if _is_raw_array(value):
+            array = numpy.ascontiguousarray(value)
+            return {"t": "array", "dtype": array.dtype.str,
+                    "shape": list(array.shape), "frame": self.frame(array)}
+        if kind is list:
+            return {"t": "list", "v": [self.item(v) for v in value]}
+        if kind is tuple:
+            return {"t": "tuple", "v": [self.item(v) for v in value]}
+        if kind is dict:
+            return {"t": "dict", "v": [[self.item(k), self.item(v)]
+                                       for k, v in value.items()]}
+        if kind is bytes:
+            return {"t": "bytes", "frame": self.frame(value)}
+        if kind is numpy.ndarray and value.dtype.hasobject:
+            return {"t": "objects", "shape": list(value.shape),
+                    "v": [self.item(v) for v in value.ravel().tolist()]}
+        if isinstance(value, numpy.generic) and type(value) is value.dtype.type \
+                and not value.dtype.hasobject and value.dtype.fields is None:
+            return {"t": "scalar", "dtype": value.dtype.str,
+                    "frame": self.frame(value.tobytes())}
+        if self.allow_pickle:
+            return {"t": "pickle", "frame": self.frame(
+                pickle.dumps(value, protocol=5))}
+        raise UnsafeValueError(
+            f"a {kind.__module__}.{kind.__qualname__} cannot be sent without "
+            "pickle; convert it in the pipeline, or pass allow_pickle=True to "
+            "both start_server and ServerDataStream (trusted networks only)")
+
+
+class _Decoder:
+    def __init__(self, frames: list[Any], allow_pickle: bool) -> None:
+        self.frames = frames
+        self.allow_pickle = allow_pickle
+
+    def frame(self, node: dict[str, Any]) -> Any:
+        index = node.get("frame")
+        if not isinstance(index, int) or not 0 <= index < len(self.frames):
+            raise WireError(f"item refers to frame {index!r}, but the "
+                            f"message has {len(self.frames)} data frames")
+        return _buffer(self.frames[index])
+
+    def item(self, node: Any) -> Any:
+        if node is None or type(node) in (bool, int, float, str):
+            return node
+        if not isinstance(node, dict) or "t" not in node:
+            raise WireError(f"malformed item {str(node)[:80]!r}")
+        tag = node["t"]
+        try:
+            if tag == "array":
+                dtype = numpy.dtype(node["dtype"])
+                if dtype.hasobject:
+                    raise WireError("object dtypes cannot travel as raw arrays")
+                return numpy.frombuffer(self.frame(node), dtype).reshape(
+                    node["shape"])
+            if tag == "list":
+                return [self.item(v) for v in node["v"]]
+            if tag == "tuple":
+                return tuple(self.item(v) for v in node["v"])
+            if tag == "dict":
+                return {self.item(k): self.item(v) for k, v in node["v"]}
+            if tag == "bytes":
+                return bytes(self.frame(node))
+            if tag == "float":
+                return float(node["v"])
+            if tag == "objects":
+                values = [self.item(v) for v in node["v"]]
+                array = numpy.empty(len(values), dtype=object)
+                for i, value in enumerate(values):
+                    array[i] = value
+                return array.reshape(node["shape"])
+            if tag == "scalar":
+                dtype = numpy.dtype(node["dtype"])
+                if dtype.hasobject:
+                    raise WireError("object dtypes cannot travel as scalars")
+                return numpy.frombuffer(self.frame(node), dtype)[0]
+            if tag == "pickle":
+                if not self.allow_pickle:
+                    raise UnsafeValueError(
+                        "the server sent a pickled value; unpickling data "
+                        "from the network can run arbitrary code, so pass "
+                        "allow_pickle=True only if you trust the server and "
+                        "the network")
+                return pickle.loads(self.frame(node))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, (WireError, UnsafeValueError)):
+                raise
+            raise WireError(f"malformed {tag!r} item: {exc}") from None
+        raise WireError(f"unknown item tag {tag!r}")
+
+
+def encode_batch(epoch: int, seq: int, batch: Any,
+                 allow_pickle: bool = False) -> list[Any]:
+    """Frames of one batch (a tuple of sources)."""
+    encoder = _Encoder(allow_pickle)
+    items = [encoder.item(value) for value in batch]
+    return encode(BATCH, encoder.buffers, epoch=epoch, seq=seq, items=items)
+
+
+def decode_batch(header: dict[str, Any], frames: list[Any],
+                 allow_pickle: bool = False) -> list[Any]:
+    """The sources of a batch message."""
+    items = header.get("items")
+    if not isinstance(items, list):
+        raise WireError("batch message without an item list")
+    decoder = _Decoder(frames, allow_pickle)
+    return [decoder.item(item) for item in items]

@@ -1,0 +1,443 @@
+"""The ZeroMQ bridge, with servers in subprocesses on free loopback ports."""
+
+import os
+import pickle
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy
+import psutil
+import pytest
+from helpers import as_lists, shuffled_stream
+
+zmq = pytest.importorskip("zmq")
+
+from shmfuel.bridge.client import BridgeTimeoutError, ServerDataStream  # noqa: E402
+from shmfuel.bridge.wire import WireError  # noqa: E402
+from shmfuel.exceptions import RemoteTraceback  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+class Server:
+    """``python -m shmfuel serve`` in a subprocess; stops on exit."""
+
+    def __init__(self, factory, *args):
+        env = dict(os.environ, PYTHONPATH=TESTS)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shmfuel", "serve", f"bridge_factories:{factory}",
+             "--port", "0", *args],
+            cwd=TESTS, env=env, stderr=subprocess.PIPE, text=True)
+        self.log = []
+        while True:
+            line = self.process.stderr.readline()
+            if not line:
+                raise RuntimeError("server died:\n" + "".join(self.log))
+            self.log.append(line)
+            match = re.search(r"serving \w+ on tcp://([\d.]+):(\d+)", line)
+            if match:
+                self.host, self.port = match.group(1), int(match.group(2))
+                break
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stderr.close()
+
+    def client(self, sources=("x", "name"), **kwargs):
+        kwargs.setdefault("timeout", 10)
+        return ServerDataStream(sources, host="127.0.0.1", port=self.port, **kwargs)
+
+
+def local_epochs(n):
+    stream = shuffled_stream()
+    return [as_lists(stream.get_epoch_iterator()) for _ in range(n)]
+
+
+def test_two_exact_epochs_and_metadata():
+    with Server("shuffled") as server:
+        client = server.client(hwm=3)
+        try:
+            assert client.produces_examples is False
+            assert [as_lists(client.get_epoch_iterator()) for _ in range(2)] == local_epochs(2)
+            x = next(client.get_epoch_iterator(as_dict=True))["x"]
+            assert isinstance(x, numpy.ndarray) and x.dtype == numpy.float32
+        finally:
+            client.close()
+
+
+def test_abandoned_epoch_and_reconnect_lose_nothing():
+    expected = local_epochs(4)
+    with Server("shuffled") as server:
+        first = server.client(hwm=2)
+        epoch = first.get_epoch_iterator()
+        assert as_lists([next(epoch), next(epoch)]) == expected[0][:2]
+        assert as_lists(first.get_epoch_iterator()) == expected[1]
+        next(first.get_epoch_iterator())
+        first.close()
+        # A new client gets complete epochs (the server's next ones).
+        second = server.client(hwm=2)
+        try:
+            assert as_lists(second.get_epoch_iterator()) == expected[3]
+        finally:
+            second.close()
+
+
+def test_binds_loopback_by_default():
+    with Server("shuffled") as server:
+        assert server.host == "127.0.0.1"
+        listening = [c.laddr for c in psutil.Process(server.process.pid).net_connections()
+                     if c.status == psutil.CONN_LISTEN]
+        assert listening == [(server.host, server.port)]
+
+
+def test_server_exception_reaches_the_client_and_the_server_keeps_serving():
+    with Server("failing") as server:
+        client = server.client(sources=("x",))
+        try:
+            for _ in range(2):
+                epoch = client.get_epoch_iterator()
+                assert [list(x) for x, in (next(epoch), next(epoch))] == [[0, 1], [2, 3]]
+                with pytest.raises(KeyError, match="example 4 is missing") as info:
+                    next(epoch)
+                assert isinstance(info.value.__cause__, RemoteTraceback)
+                assert "fails_at_third" in str(info.value.__cause__)
+                with pytest.raises(KeyError):
+                    next(epoch)
+        finally:
+            client.close()
+
+
+def test_unsafe_values_are_refused_by_the_server():
+    from shmfuel.bridge.client import ServerError
+    with Server("lambdas") as server:
+        client = server.client(sources=("x", "thing"))
+        try:
+            with pytest.raises(ServerError, match="UnsafeValueError.*allow_pickle"):
+                next(client.get_epoch_iterator())
+        finally:
+            client.close()
+
+
+def test_no_server_is_a_timeout_naming_the_address():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = ServerDataStream(("x",), host="127.0.0.1", port=port, timeout=0.5)
+    with pytest.raises(BridgeTimeoutError, match=f"tcp://127.0.0.1:{port} within 0.5 s"):
+        client.get_epoch_iterator()
+    assert not client.connected
+
+
+def test_server_killed_mid_epoch_is_an_error_not_a_hang():
+    with Server("slow") as server:
+        client = server.client(sources=("x",), timeout=2)
+        try:
+            epoch = client.get_epoch_iterator()
+            next(epoch)
+            server.process.kill()
+            with pytest.raises(BridgeTimeoutError, match="no answer"):
+                list(epoch)
+            with pytest.raises(BridgeTimeoutError):
+                client.get_epoch_iterator()
+        finally:
+            client.close()
+
+
+def test_slow_batches_are_not_mistaken_for_a_dead_server():
+    with Server("slow", "--heartbeat", "0.05") as server:
+        client = server.client(sources=("x",), timeout=0.25, hwm=1)
+        try:
+            assert len(list(client.get_epoch_iterator())) == 3
+        finally:
+            client.close()
+
+
+def test_garbage_to_the_server_is_answered_and_ignored():
+    with Server("shuffled") as server:
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(f"tcp://127.0.0.1:{server.port}")
+        dealer.send_multipart([b"\x00garbage", b"more"])
+        assert dealer.poll(5000)
+        reply = dealer.recv_multipart()
+        assert b"malformed message" in reply[0]
+        dealer.close()
+        context.term()
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(os.urandom(256))
+        client = server.client()
+        try:
+            assert as_lists(client.get_epoch_iterator()) == local_epochs(1)[0]
+        finally:
+            client.close()
+
+
+def test_garbage_from_a_server_is_a_clear_error():
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    client = ServerDataStream(("x",), host="127.0.0.1", port=port, timeout=5)
+    try:
+        import threading
+
+        def reply():
+            identity, *_ = router.recv_multipart()
+            router.send_multipart([identity, b"not json at all"])
+        thread = threading.Thread(target=reply)
+        thread.start()
+        with pytest.raises(WireError, match=f"malformed message from tcp://127.0.0.1:{port}"):
+            client.get_epoch_iterator()
+        thread.join(5)
+    finally:
+        client.close()
+        router.close()
+        context.term()
+
+
+def test_a_vanished_client_does_not_wedge_the_server():
+    script = textwrap.dedent("""
+        from shmfuel.streams import ServerDataStream
+        client = ServerDataStream(("x", "name"), host="127.0.0.1", port={port}, hwm=2)
+        next(client.get_epoch_iterator())
+        print("read one", flush=True)
+        import time; time.sleep(60)
+    """)
+    with Server("shuffled") as server:
+        crashed = subprocess.Popen([sys.executable, "-c", script.format(port=server.port)],
+                                   stdout=subprocess.PIPE, text=True)
+        assert crashed.stdout.readline() == "read one\n"
+        crashed.kill()
+        crashed.wait()
+        crashed.stdout.close()
+        client = server.client()
+        try:
+            epoch = as_lists(client.get_epoch_iterator())
+            assert len(epoch) == 9
+        finally:
+            client.close()
+
+
+def test_a_new_client_takes_over():
+    with Server("shuffled") as server:
+        first, second = server.client(hwm=1), server.client(hwm=1)
+        try:
+            epoch = first.get_epoch_iterator()
+            next(epoch)
+            assert len(list(second.get_epoch_iterator())) == 9
+            with pytest.raises(ConnectionError, match="another client took over"):
+                list(epoch)
+        finally:
+            first.close()
+            second.close()
+
+
+def test_sharded_servers_merge_into_the_same_epochs():
+    with Server("shuffled", "--shard", "0/2") as a, Server("shuffled", "--shard", "1/2") as b:
+        client = ServerDataStream(("x", "name"), servers=[f"127.0.0.1:{a.port}",
+                                                          ("127.0.0.1", b.port)],
+                                  hwm=2, timeout=10)
+        try:
+            assert [as_lists(client.get_epoch_iterator()) for _ in range(2)] == local_epochs(2)
+        finally:
+            client.close()
+        swapped = ServerDataStream(("x", "name"), servers=[f"127.0.0.1:{b.port}",
+                                                           f"127.0.0.1:{a.port}"], timeout=10)
+        with pytest.raises(ValueError, match="serves share \\[1, 2\\], but it is server 0 of 2"):
+            swapped.get_epoch_iterator()
+
+
+def test_server_with_producer_workers():
+    with Server("shuffled", "--workers", "2") as server:
+        client = server.client()
+        try:
+            assert [as_lists(client.get_epoch_iterator()) for _ in range(2)] == local_epochs(2)
+        finally:
+            client.close()
+
+
+def test_curve_encryption():
+    if not zmq.has("curve"):
+        pytest.skip("libzmq without CURVE")
+    import threading
+
+    from shmfuel.server import start_server
+    public, secret = zmq.curve_keypair()
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=start_server, args=(shuffled_stream(),), kwargs=dict(
+        port=0, curve_keypair=(public, secret), ready=ready, stop=stop))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        client = ServerDataStream(("x", "name"), host="127.0.0.1", port=ready.port,
+                                  curve_server_key=public, timeout=10)
+        assert as_lists(client.get_epoch_iterator()) == local_epochs(1)[0]
+        client.close()
+        plain = ServerDataStream(("x", "name"), host="127.0.0.1", port=ready.port, timeout=0.5)
+        with pytest.raises(BridgeTimeoutError):
+            plain.get_epoch_iterator()
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_client_arguments_and_pickling():
+    with pytest.raises(TypeError, match="tuple of names"):
+        ServerDataStream("features")
+    with pytest.raises(ValueError, match="hwm must be at least 1"):
+        ServerDataStream(("x",), hwm=0)
+    with pytest.raises(ValueError, match="is not 'host:port'"):
+        ServerDataStream(("x",), servers=["nohost"])
+    with Server("shuffled") as server:
+        hasty = server.client(timeout=0.5)
+        with pytest.raises(ValueError, match="not longer than the server's heartbeat"):
+            hasty.get_epoch_iterator()
+        wrong = server.client(sources=("x",))
+        with pytest.raises(ValueError, match="has 2 sources .* but 1 names were given"):
+            wrong.get_epoch_iterator()
+        client = server.client()
+        next(client.get_epoch_iterator())
+        clone = pickle.loads(pickle.dumps(client))
+        client.close()
+        assert not clone.connected
+        try:
+            assert len(list(clone.get_epoch_iterator())) == 9
+        finally:
+            clone.close()
+
+
+def test_imports_work_without_pyzmq():
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["zmq"] = None
+        import shmfuel.server
+        from shmfuel.streams import ServerDataStream
+        from shmfuel.datasets import IndexableDataset
+        from shmfuel.streams import DataStream
+        stream = DataStream(IndexableDataset({"x": [1]}))
+        for call in (lambda: shmfuel.server.start_server(stream),
+                     lambda: ServerDataStream(("x",)).get_epoch_iterator()):
+            try:
+                call()
+            except ImportError as exc:
+                print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=30)
+    assert out.stdout.splitlines() == [
+        "the shmfuel bridge needs pyzmq: pip install 'shmfuel[zmq]'"] * 2, out.stderr
+
+
+SERVER_PY = '''
+import time
+
+from shmfuel.datasets import IndexableDataset
+from shmfuel.schemes import ShuffledScheme
+from shmfuel.server import start_server
+from shmfuel.streams import DataStream
+from shmfuel.transformers import Transformer
+
+
+class Bottleneck(Transformer):
+    def __init__(self, *args, **kwargs):
+        self.slowdown = kwargs.pop('slowdown', 0)
+        super(Bottleneck, self).__init__(*args, **kwargs)
+
+    def get_data(self, request=None):
+        if request is not None:
+            raise ValueError
+        time.sleep(self.slowdown)
+        return next(self.child_epoch_iterator)
+
+
+def create_data_stream(slowdown=0):
+    dataset = IndexableDataset({'features': [[0] * 128] * 1000})
+    iteration_scheme = ShuffledScheme(examples=1000, batch_size=100)
+    data_stream = Bottleneck(
+        data_stream=DataStream.default_stream(
+            dataset=dataset, iteration_scheme=iteration_scheme),
+        slowdown=slowdown)
+    return data_stream
+
+
+if __name__ == "__main__":
+    start_server(create_data_stream(0.005))
+'''
+
+TRAIN_PY = '''
+import argparse
+import time
+from contextlib import contextmanager
+
+from shmfuel.streams import ServerDataStream
+
+from server import create_data_stream
+
+
+@contextmanager
+def timer(name):
+    start_time = time.time()
+    yield
+    stop_time = time.time()
+    print('{} took {} seconds'.format(name, stop_time - start_time))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        '-p', '--parallel', action='store_true',
+        help='run data preprocessing in a separate process')
+    args = parser.parse_args()
+
+    if args.parallel:
+        data_stream = ServerDataStream(('features',))
+    else:
+        data_stream = create_data_stream(0.005)
+
+    with timer('Training'):
+        for i in range(5):
+            for data in data_stream.get_epoch_iterator(): time.sleep(0.01)
+'''
+
+
+def test_the_seed_tutorial_files_end_to_end(tmp_path):
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 5557)) == 0:
+            pytest.skip("port 5557, the seed's default, is in use")
+    (tmp_path / "server.py").write_text(SERVER_PY)
+    (tmp_path / "train.py").write_text(TRAIN_PY)
+    server = subprocess.Popen([sys.executable, "server.py"], cwd=tmp_path,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        runs = {}
+        for flags in (["-p"], [], ["-p"]):
+            out = subprocess.run([sys.executable, "train.py", *flags], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            match = re.fullmatch(r"Training took ([\d.]+) seconds\n", out.stdout)
+            assert match, out.stdout
+            runs.setdefault(tuple(flags), []).append(float(match.group(1)))
+        assert len(runs[("-p",)]) == 2
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(10)
