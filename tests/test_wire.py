@@ -90,3 +90,25 @@ def test_control_messages():
     assert header == {"v": 1, "type": "epoch", "epoch": 2, "credits": 10}
     assert rest == []
     assert json.loads(frames[0])["type"] == "epoch"
+
+
+def test_plain_lists_keep_values_and_types():
+    import enum
+
+    class Level(enum.IntEnum):
+        LOW = 1
+    cases = {
+        "json": [[1, 2.5, "a", None, True], []],
+        "numlist": [[1, 2], [3, -4]],
+    }
+    for tag, plain in cases.items():
+        frames = wire.encode_batch(0, 0, (plain,))
+        assert f'"t":"{tag}"'.encode() in frames[0]
+        (out,) = roundtrip((plain,))
+        assert out == plain and repr(out) == repr(plain)
+    for value in ([[1.5, 2.0]], [[1], [2, 3]], [2**70], [[], []], [(1, 2)],
+                  [{"a": 1}], [math.inf], [b"x"]):
+        (out,) = roundtrip((value,))
+        assert repr(out) == repr(value)
+    with pytest.raises(wire.UnsafeValueError, match="Level cannot be sent"):
+        wire.encode_batch(0, 0, ([Level.LOW],))
