@@ -17,7 +17,7 @@ def test_seed_tutorial_quick(tmp_path):
         [sys.executable, os.path.join(BENCHMARKS, "seed_tutorial.py"), "--quick",
          "--out", str(out)], capture_output=True, text=True, timeout=100)
     assert result.returncode == 0, result.stderr
-    assert "prefetcher" in result.stdout and "speed-up" in result.stdout
+    assert "prefetcher" in result.stdout and "bridge" in result.stdout
     data = json.loads(out.read_text())
-    assert set(data["results"]) == {"serial", "prefetcher"}
+    assert set(data["results"]) == {"serial", "prefetcher", "bridge"}
     assert data["results"]["prefetcher"]["batches"] == 10
