@@ -21,3 +21,19 @@ def test_seed_tutorial_quick(tmp_path):
     data = json.loads(out.read_text())
     assert set(data["results"]) == {"serial", "prefetcher", "bridge"}
     assert data["results"]["prefetcher"]["batches"] == 10
+
+
+@pytest.mark.timeout(120)
+def test_throughput_quick(tmp_path):
+    out = tmp_path / "throughput.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "throughput.py"), "--quick",
+         "--sizes", "512 B", "1 MiB", "--out", str(out)],
+        capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    names = set(data["results"]["1 MiB"])
+    assert {"memcpy", "shmfuel Prefetcher w=1", "shmfuel Prefetcher w=2",
+            "multiprocessing.Queue", "pyzmq PUSH/PULL tcp", "shmfuel bridge tcp"} <= names
+    for result in data["results"]["512 B"].values():
+        assert result["batches_per_s"]["median"] > 0

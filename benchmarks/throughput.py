@@ -1,0 +1,281 @@
+"""Producer -> consumer throughput of shmfuel and of what users would pick instead.
+
+For batch sizes of 512 B, 64 KiB, 1 MiB and 38.5 MB (64x3x224x224 float32),
+a trivial pipeline hands the same batch over and over to a consumer that
+reads every byte (``batch.sum()``), through:
+
+* ``memcpy``: one ``numpy.copyto`` of the batch in-process, then the read:
+  the physical limit for "one copy into the slot";
+* shmfuel's ``Prefetcher`` with 1 and 2 producers;
+* ``multiprocessing.Queue`` (pickling through a pipe);
+* raw pyzmq PUSH/PULL over tcp loopback, sending and receiving without
+  copies;
+* shmfuel's bridge (``start_server`` / ``ServerDataStream``);
+* ``torch.utils.data.DataLoader`` with 1 and 2 persistent workers, when
+  torch is installed.
+
+Throughput is measured from the first batch to the last (start-up apart),
+median of ``--repeat`` runs; the table gives batches/s, GB/s and the ratio
+to the Prefetcher with one producer.
+
+    python benchmarks/throughput.py [--quick] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import multiprocessing
+import os
+import socket
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import numpy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine, summary, table, write_json  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIZES = {"512 B": 512, "64 KiB": 64 * 2**10, "1 MiB": 2**20,
+         "38.5 MB": 64 * 3 * 224 * 224 * 4}
+COUNTS = {"512 B": 40000, "64 KiB": 10000, "1 MiB": 2000, "38.5 MB": 60}
+FORK = multiprocessing.get_context("fork")
+
+_BATCHES: dict[int, numpy.ndarray] = {}
+
+
+def batch_of(nbytes: int) -> numpy.ndarray:
+    """The batch of ``nbytes`` bytes, made once per process."""
+    if nbytes not in _BATCHES:
+        _BATCHES[nbytes] = numpy.ones(nbytes // 4, dtype=numpy.float32)
+    return _BATCHES[nbytes]
+
+
+class MakeBatch:
+    """A mapping that ignores its input and returns the batch."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def __call__(self, data: Any) -> tuple[numpy.ndarray]:
+        return (batch_of(self.nbytes),)
+
+
+def trivial_stream(nbytes: int, count: int) -> Any:
+    """A per-batch pipeline: ``count`` requests, each answered by the batch."""
+    from shmfuel.datasets import IndexableDataset
+    from shmfuel.schemes import SequentialScheme
+    from shmfuel.streams import DataStream
+    from shmfuel.transformers import Mapping
+    requests = DataStream(IndexableDataset({"i": numpy.arange(count)}),
+                          iteration_scheme=SequentialScheme(count, 1))
+    return Mapping(requests, MakeBatch(nbytes))
+
+
+def consume(batches: Iterator[Any], count: int) -> float:
+    """Read ``count`` batches; seconds from the first to the last."""
+    first = next(batches)
+    float(first.sum())
+    del first
+    started = time.perf_counter()
+    for _ in range(count - 1):
+        float(next(batches).sum())
+    return time.perf_counter() - started
+
+
+# -- transports ---------------------------------------------------------------
+
+def run_memcpy(nbytes: int, count: int) -> float:
+    source, target = batch_of(nbytes), numpy.empty(nbytes // 4, numpy.float32)
+    target.fill(0)
+
+    def batches() -> Iterator[numpy.ndarray]:
+        while True:
+            numpy.copyto(target, source)
+            yield target
+    return consume(batches(), count)
+
+
+def run_prefetcher(workers: int) -> Callable[[int, int], float]:
+    def run(nbytes: int, count: int) -> float:
+        from shmfuel import Prefetcher
+        with Prefetcher(trivial_stream(nbytes, count), hwm=8,
+                        workers=workers) as stream:
+            return consume((x for x, in stream.get_epoch_iterator()), count)
+    return run
+
+
+def _queue_producer(queue: Any, nbytes: int, count: int) -> None:
+    batch = batch_of(nbytes)
+    for _ in range(count):
+        queue.put(batch)
+
+
+def run_queue(nbytes: int, count: int) -> float:
+    queue = FORK.Queue(8)
+    producer = FORK.Process(target=_queue_producer, args=(queue, nbytes, count))
+    producer.start()
+    try:
+        return consume((queue.get() for _ in range(count)), count)
+    finally:
+        producer.join(10)
+        queue.close()
+        queue.join_thread()
+
+
+def _zmq_producer(port: int, nbytes: int, count: int) -> None:
+    import zmq
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 8)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    batch = batch_of(nbytes)
+    for _ in range(count):
+        push.send(batch, copy=nbytes < 65536)
+    # wait for the consumer's acknowledgement before closing (a closing
+    # PUSH socket may drop its tail)
+    push.close(linger=-1)
+    context.term()
+
+
+def run_zmq(nbytes: int, count: int) -> float:
+    import zmq
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 8)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    producer = FORK.Process(target=_zmq_producer, args=(port, nbytes, count))
+    producer.start()
+
+    def batches() -> Iterator[numpy.ndarray]:
+        while True:
+            frame = pull.recv(copy=False)
+            yield numpy.frombuffer(frame.buffer, numpy.float32)
+    try:
+        return consume(batches(), count)
+    finally:
+        producer.join(10)
+        pull.close(0)
+        context.term()
+
+
+def _bridge_server(port: int, nbytes: int, count: int) -> None:
+    import signal
+
+    from shmfuel.server import start_server
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        start_server(trivial_stream(nbytes, count), port=port)
+    except KeyboardInterrupt:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_bridge(nbytes: int, count: int) -> float:
+    from shmfuel.streams import ServerDataStream
+    port = _free_port()
+    server = FORK.Process(target=_bridge_server, args=(port, nbytes, count))
+    server.start()
+    client = ServerDataStream(("i",), host="127.0.0.1", port=port, hwm=8)
+    try:
+        return consume((x for x, in client.get_epoch_iterator()), count)
+    finally:
+        client.close()
+        server.terminate()
+        server.join(10)
+
+
+class _TorchBatches:
+    def __init__(self, nbytes: int, count: int) -> None:
+        self.nbytes, self.count = nbytes, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> numpy.ndarray:
+        return batch_of(self.nbytes)
+
+
+def run_dataloader(workers: int) -> Callable[[int, int], float]:
+    def run(nbytes: int, count: int) -> float:
+        from torch.utils.data import DataLoader
+        loader = DataLoader(_TorchBatches(nbytes, count), batch_size=None,
+                            num_workers=workers, persistent_workers=True,
+                            multiprocessing_context="fork")
+        try:
+            return consume((t.numpy() for t in loader), count)
+        finally:
+            del loader
+    return run
+
+
+def transports() -> dict[str, Callable[[int, int], float]]:
+    found: dict[str, Callable[[int, int], float]] = {
+        "memcpy": run_memcpy,
+        "shmfuel Prefetcher w=1": run_prefetcher(1),
+        "shmfuel Prefetcher w=2": run_prefetcher(2),
+        "multiprocessing.Queue": run_queue,
+    }
+    if importlib.util.find_spec("zmq") is not None:
+        found["pyzmq PUSH/PULL tcp"] = run_zmq
+        found["shmfuel bridge tcp"] = run_bridge
+    if importlib.util.find_spec("torch") is not None:
+        found["torch DataLoader w=1"] = run_dataloader(1)
+        found["torch DataLoader w=2"] = run_dataloader(2)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true",
+                        help="one run with few batches: a smoke test")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="run only transports whose name contains one of these")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "throughput.json"))
+    args = parser.parse_args()
+    runs = transports()
+    if args.only:
+        runs = {name: run for name, run in runs.items()
+                if any(word in name for word in args.only)}
+    results: dict[str, dict[str, Any]] = {}
+    for label in args.sizes:
+        nbytes = SIZES[label]
+        count = 20 if args.quick else COUNTS[label]
+        results[label] = {}
+        for name, run in runs.items():
+            seconds = [run(nbytes, count) for _ in range(1 if args.quick else args.repeat)]
+            rate = [(count - 1) / s for s in seconds]
+            results[label][name] = {
+                "batches_per_s": summary(rate),
+                "gb_per_s": summary([r * nbytes / 1e9 for r in rate]),
+                "batches": count,
+            }
+            print(f"{label:>8}  {name:<24} {numpy.median(rate):>12,.0f} batches/s",
+                  file=sys.stderr)
+    reference = "shmfuel Prefetcher w=1"
+    for label, by_name in results.items():
+        base = by_name.get(reference, {}).get("batches_per_s", {}).get("median")
+        rows = []
+        for name, result in by_name.items():
+            rate = result["batches_per_s"]["median"]
+            rows.append([name, f"{rate:,.0f}", f"{result['gb_per_s']['median']:.2f}",
+                         f"{rate / base:.2f}x" if base else "-"])
+        print(f"\n{label} batches (median of {1 if args.quick else args.repeat}):")
+        print(table(["transport", "batches/s", "GB/s", "vs Prefetcher w=1"], rows))
+    write_json(args.out, {"benchmark": "throughput", "machine": machine(),
+                          "repeat": 1 if args.quick else args.repeat,
+                          "results": results})
+
+
+if __name__ == "__main__":
+    main()
