@@ -37,3 +37,18 @@ def test_throughput_quick(tmp_path):
             "multiprocessing.Queue", "pyzmq PUSH/PULL tcp", "shmfuel bridge tcp"} <= names
     for result in data["results"]["512 B"].values():
         assert result["batches_per_s"]["median"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_disk_datasets_quick(tmp_path):
+    pytest.importorskip("h5py")
+    out = tmp_path / "disk.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "disk_datasets.py"), "--quick",
+         "--out", str(out)], capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"IndexableDataset (memory)", "NpyDataset (memmap)",
+                                    "H5PYDataset (file)", "H5PYDataset (in memory)"}
+    assert all(set(modes) == {"in-process", "Prefetcher w=1", "Prefetcher w=2"}
+               for modes in data["results"].values())
