@@ -278,3 +278,18 @@ def test_garbage_collected_prefetcher_stops_its_producers():
     del prefetched
     gc.collect()
     assert gone(pids)
+
+
+def test_forked_producers_share_large_arrays_instead_of_unpickling_them():
+    from shmfuel.prefetch import _payload
+    big = numpy.arange(2**20, dtype="float64")  # 8 MiB
+    stream = DataStream(IndexableDataset({"x": big}),
+                        iteration_scheme=SequentialScheme(len(big), 2**18))
+    payload, kept = _payload.dumps(stream, inherit=True)
+    assert len(payload) < 100_000 and list(kept.values())[0] is big
+    assert len(_payload.dumps(stream, inherit=False)[0]) > big.nbytes
+    for start_method in ("fork", "spawn"):
+        with Prefetcher(stream, start_method=start_method, workers=2) as prefetched:
+            got = numpy.concatenate([x for x, in prefetched.get_epoch_iterator()])
+        numpy.testing.assert_array_equal(got, big)
+    assert not _payload._INHERITED

@@ -130,16 +130,10 @@ class Prefetcher(AbstractDataStream):
         self._sources = tuple(data_stream.sources)
         self._produces_examples = data_stream.produces_examples
         pinning = _cuda_pinning() if pin_memory else None
-        import cloudpickle
-        try:
-            payload = cloudpickle.dumps(data_stream)
-        except Exception as exc:
-            raise TypeError(f"the data stream cannot be pickled for the "
-                            f"producers: {exc}") from exc
         slots = _split(hwm, workers)
         self.hwm = hwm
         self.workers = workers
-        self._pool = ProducerPool(payload, workers, slots, start_method)
+        self._pool = ProducerPool(data_stream, workers, slots, start_method)
         self._consumer = Consumer(self._pool, slots, copy, timeout, pinning)
         self._closed = False
         self._finalizer = weakref.finalize(self, self._pool.shutdown)

@@ -2,8 +2,9 @@
 
 Start
     The stream is pickled once with cloudpickle (so lambdas and classes
-    defined in ``__main__`` travel) and handed to each producer with one
-    end of its own ``socketpair``. The start method is ``fork`` when that is
+    defined in ``__main__`` travel; with fork, large arrays stay in the
+    memory the children inherit, see ``_payload``) and handed to each
+    producer with one end of its own ``socketpair``. The start method is ``fork`` when that is
     safe (Linux, one thread, no CUDA context: start-up in milliseconds),
     else ``forkserver`` (or ``spawn`` where there is no forkserver); pass
     ``start_method`` to choose.
@@ -48,7 +49,7 @@ import warnings
 import weakref
 from typing import Any
 
-from shmfuel.prefetch import layout, producer
+from shmfuel.prefetch import _payload, layout, producer
 
 GRACE_S = 1.0
 
@@ -109,32 +110,43 @@ def describe_exit(exitcode: int | None) -> str:
 class ProducerPool:
     """The producer processes of one Prefetcher and our socket ends."""
 
-    def __init__(self, payload: bytes, workers: int, slots: list[int],
+    def __init__(self, stream: Any, workers: int, slots: list[int],
                  start_method: str | None) -> None:
-        _register_atexit()
         context = choose_context(start_method)
         self.start_method = context.get_start_method()
+        try:
+            payload, kept = _payload.dumps(stream,
+                                           inherit=self.start_method == "fork")
+        except Exception as exc:
+            raise TypeError(f"the data stream cannot be pickled for the "
+                            f"producers: {exc}") from exc
+        _register_atexit()
         self.processes: list[Any] = []
         self.sockets: list[socket.socket] = []
         self.closed = False
         _live_pools.add(self)
         try:
-            for worker in range(workers):
-                ours, theirs = socket.socketpair(socket.AF_UNIX,
-                                                 socket.SOCK_STREAM)
-                self.sockets.append(ours)
-                close_fds = ([s.fileno() for s in self.sockets]
-                             if self.start_method == "fork" else [])
-                process = context.Process(
-                    target=producer.main, name=f"shmfuel-producer-{worker}",
-                    args=(payload, theirs, worker, workers, slots[worker],
-                          os.getpid(), close_fds))
-                process.start()
-                theirs.close()
-                self.processes.append(process)
+            with _payload.inherited(kept):
+                self._start(context, payload, workers, slots)
         except BaseException:
             self.shutdown()
             raise
+
+    def _start(self, context: Any, payload: bytes, workers: int,
+               slots: list[int]) -> None:
+        for worker in range(workers):
+            ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                             socket.SOCK_STREAM)
+            self.sockets.append(ours)
+            close_fds = ([s.fileno() for s in self.sockets]
+                         if self.start_method == "fork" else [])
+            process = context.Process(
+                target=producer.main, name=f"shmfuel-producer-{worker}",
+                args=(payload, theirs, worker, workers, slots[worker],
+                      os.getpid(), close_fds))
+            process.start()
+            theirs.close()
+            self.processes.append(process)
 
     def shutdown(self) -> None:
         """Stop every producer; idempotent. See the module docstring."""

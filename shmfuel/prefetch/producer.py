@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import os
-import pickle
 import select
 import signal
 import socket
@@ -33,7 +32,7 @@ import time
 import traceback
 from typing import Any
 
-from shmfuel.prefetch import layout, ring
+from shmfuel.prefetch import _payload, layout, ring
 from shmfuel.prefetch.sharding import shard
 
 POLL_S = 0.5
@@ -133,7 +132,7 @@ class Producer:
     def run(self, payload: bytes) -> None:
         try:
             try:
-                stream = pickle.loads(payload)
+                stream = _payload.loads(payload)
                 if self.workers > 1:
                     shard(stream, self.worker, self.workers)
                 self.produce(stream)

@@ -1,0 +1,406 @@
+"""Is the accelerator waiting for data? Utilisation per way of feeding it.
+
+A training loop takes batches of 256 random 64x64 crops (with random
+horizontal flips, scaled to float32) of a uint8 in-memory image dataset and
+runs a step on each. The step is either
+
+* ``--device cpu``: a calibrated sleep of ``--step-ms`` (as MLPerf
+  Storage/DLIO simulate accelerators), so the benchmark runs anywhere, or
+* ``--device cuda``: a real model (torchvision's ResNet-18 if installed,
+  else a small conv net) in bf16 autocast, batches copied with
+  ``non_blocking=True``.
+
+The loop is fed in-process, by torch's DataLoader (2/4/8 workers, pinned
+memory on CUDA), by shmfuel's Prefetcher (2/4/8 producers, with and without
+``pin_memory`` on CUDA) and by the bridge (server with 2 producers). For
+each mode: utilisation = pure compute time (the same steps with the data
+already in place) / wall time; the wait for data per step (p50/p95/max,
+H2D copy included); time to the first batch; CPU used by producer
+processes (% of one core); peak shared memory (growth of the system's
+``Shmem``). ``--plot`` writes a PNG (needs matplotlib).
+
+    python benchmarks/gpu_idle.py --device cpu [--quick]
+    python benchmarks/gpu_idle.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import numpy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import machine, table, write_json  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BATCH, CROP, SIDE = 256, 64, 72
+
+
+# -- the pipeline ---------------------------------------------------------------
+
+def make_dataset(batches: int, seed: int = 0) -> dict[str, numpy.ndarray]:
+    rng = numpy.random.RandomState(seed)
+    n = batches * BATCH
+    return {"images": rng.randint(0, 256, size=(n, 3, SIDE, SIDE), dtype=numpy.uint8),
+            "labels": rng.randint(0, 1000, size=n).astype(numpy.int64)}
+
+
+def augment(images: numpy.ndarray, labels: numpy.ndarray,
+            rng: numpy.random.Generator) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Random crop + flip per image, scaled to float32 in [0, 1]."""
+    n = len(images)
+    out = numpy.empty((n, 3, CROP, CROP), dtype=numpy.float32)
+    tops = rng.integers(0, SIDE - CROP + 1, n)
+    lefts = rng.integers(0, SIDE - CROP + 1, n)
+    flips = rng.random(n) < 0.5
+    for i in range(n):
+        crop = images[i, :, tops[i]:tops[i] + CROP, lefts[i]:lefts[i] + CROP]
+        out[i] = crop[:, :, ::-1] if flips[i] else crop
+    out *= 1 / 255.0
+    return out, labels
+
+
+class Augment:
+    """The augmentation as a shmfuel mapping, with a per-process generator."""
+
+    def __init__(self) -> None:
+        self.rng: numpy.random.Generator | None = None
+
+    def __call__(self, batch: tuple[Any, ...]) -> tuple[numpy.ndarray, numpy.ndarray]:
+        if self.rng is None:
+            self.rng = numpy.random.default_rng(os.getpid())
+        return augment(batch[0], batch[1], self.rng)
+
+
+def shmfuel_stream(data: dict[str, numpy.ndarray]) -> Any:
+    from shmfuel.datasets import IndexableDataset
+    from shmfuel.schemes import ShuffledScheme
+    from shmfuel.streams import DataStream
+    from shmfuel.transformers import Mapping
+    n = len(data["labels"])
+    return Mapping(DataStream(IndexableDataset(data), iteration_scheme=ShuffledScheme(
+        n, BATCH, rng=numpy.random.RandomState(1))), Augment())
+
+
+class TorchBatches:
+    """torch map-style dataset whose items are whole augmented batches."""
+
+    def __init__(self, data: dict[str, numpy.ndarray]) -> None:
+        self.data = data
+        self.order = numpy.random.RandomState(1).permutation(len(data["labels"]))
+        self.augment = Augment()
+
+    def __len__(self) -> int:
+        return len(self.order) // BATCH
+
+    def __getitem__(self, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+        rows = numpy.sort(self.order[k * BATCH:(k + 1) * BATCH])
+        return self.augment((self.data["images"][rows], self.data["labels"][rows]))
+
+
+def forever(epochs: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    while True:
+        yield from epochs()
+
+
+# -- the accelerator ------------------------------------------------------------
+
+class SleepStep:
+    """A simulated accelerator: the step takes ``ms`` and frees the CPU."""
+
+    def __init__(self, ms: float) -> None:
+        self.seconds = ms / 1000
+
+    def to_device(self, batch: Any) -> Any:
+        return batch
+
+    def step(self, batch: Any) -> None:
+        time.sleep(self.seconds)
+
+    def sync(self) -> None:
+        pass
+
+
+class CudaStep:
+    """A real model on CUDA in bf16 autocast."""
+
+    def __init__(self) -> None:
+        import torch
+        self.torch = torch
+        if importlib.util.find_spec("torchvision") is not None:
+            import torchvision
+            model = torchvision.models.resnet18(num_classes=1000)
+        else:
+            model = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                torch.nn.Conv2d(64, 128, 3, stride=2, padding=1), torch.nn.ReLU(),
+                torch.nn.Conv2d(128, 256, 3, stride=2, padding=1), torch.nn.ReLU(),
+                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                torch.nn.Linear(256, 1000))
+        self.model = model.cuda().to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
+
+    def to_device(self, batch: Any) -> Any:
+        torch = self.torch
+        images, labels = batch
+        if isinstance(images, numpy.ndarray):
+            images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        return (images.to("cuda", non_blocking=True),
+                labels.to("cuda", non_blocking=True))
+
+    def step(self, batch: Any) -> None:
+        torch = self.torch
+        images, labels = batch
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(self.model(images), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def sync(self) -> None:
+        self.torch.cuda.synchronize()
+
+
+# -- measurement ------------------------------------------------------------------
+
+class ShmemPeak(threading.Thread):
+    """Samples the system's Shmem (shared memory in use) every 5 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.base = self.peak = self.read()
+        self.running = True
+
+    @staticmethod
+    def read() -> int:
+        try:
+            with open("/proc/meminfo") as meminfo:
+                for line in meminfo:
+                    if line.startswith("Shmem:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.read())
+            time.sleep(0.005)
+
+    def stop(self) -> int:
+        self.running = False
+        self.join()
+        return max(0, self.peak - self.base)
+
+
+def children_cpu() -> float:
+    import psutil
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
+             accelerator: Any, steps: int) -> dict[str, Any]:
+    shmem = ShmemPeak()
+    shmem.start()
+    started = time.perf_counter()
+    batches, close = make()
+    waits = []
+    first = None
+    try:
+        for _ in range(steps):
+            waited = time.perf_counter()
+            batch = accelerator.to_device(next(batches))
+            waits.append(time.perf_counter() - waited)
+            if first is None:
+                first = time.perf_counter() - started
+                loop_started = time.perf_counter()
+            accelerator.step(batch)
+            del batch
+        accelerator.sync()
+        wall = time.perf_counter() - loop_started
+        cpu = children_cpu()
+    finally:
+        close()
+        peak = shmem.stop()
+    w = numpy.array(waits[1:]) * 1000
+    return {"wall_s": wall, "wait_ms": {"p50": float(numpy.percentile(w, 50)),
+                                        "p95": float(numpy.percentile(w, 95)),
+                                        "max": float(w.max())},
+            "time_to_first_batch_s": first, "producer_cpu_pct": 100 * cpu / wall,
+            "peak_shared_mb": peak / 1e6}
+
+
+def pure_compute(accelerator: Any, data: dict[str, numpy.ndarray], steps: int) -> float:
+    batch = accelerator.to_device(augment(data["images"][:BATCH], data["labels"][:BATCH],
+                                          numpy.random.default_rng(0)))
+    accelerator.step(batch)
+    accelerator.sync()
+    started = time.perf_counter()
+    for _ in range(steps - 1):
+        accelerator.step(batch)
+    accelerator.sync()
+    return time.perf_counter() - started
+
+
+def modes(data: dict[str, numpy.ndarray], device: str, workers: list[int],
+          include: list[str]) -> dict[str, Callable[[], tuple[Iterator[Any], Callable[[], None]]]]:
+    found: dict[str, Callable[[], tuple[Iterator[Any], Callable[[], None]]]] = {}
+
+    def in_process() -> tuple[Iterator[Any], Callable[[], None]]:
+        stream = shmfuel_stream(data)
+        return forever(stream.get_epoch_iterator), lambda: None
+    found["in-process"] = in_process
+
+    if importlib.util.find_spec("torch") is not None:
+        def loader(n: int) -> Callable[[], tuple[Iterator[Any], Callable[[], None]]]:
+            def make() -> tuple[Iterator[Any], Callable[[], None]]:
+                from torch.utils.data import DataLoader
+                dl = DataLoader(TorchBatches(data), batch_size=None, num_workers=n,
+                                pin_memory=device == "cuda", persistent_workers=True,
+                                shuffle=True)
+                return forever(lambda: iter(dl)), lambda: dl._iterator._shutdown_workers() \
+                    if getattr(dl, "_iterator", None) else None
+            return make
+        for n in workers:
+            found[f"torch DataLoader w={n}"] = loader(n)
+
+    def prefetcher(n: int, pin: bool) -> Callable[[], tuple[Iterator[Any], Callable[[], None]]]:
+        def make() -> tuple[Iterator[Any], Callable[[], None]]:
+            from shmfuel import Prefetcher
+            stream = Prefetcher(shmfuel_stream(data), workers=n, hwm=max(8, 2 * n),
+                                pin_memory=pin)
+            return forever(stream.get_epoch_iterator), stream.close
+        return make
+    for n in workers:
+        found[f"shmfuel Prefetcher w={n}"] = prefetcher(n, False)
+        if device == "cuda":
+            found[f"shmfuel Prefetcher w={n} pinned"] = prefetcher(n, True)
+
+    if importlib.util.find_spec("zmq") is not None:
+        def bridge() -> tuple[Iterator[Any], Callable[[], None]]:
+            import multiprocessing
+            import socket
+
+            from shmfuel.streams import ServerDataStream
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            server = multiprocessing.get_context("fork").Process(
+                target=_serve, args=(data, port))
+            server.start()
+            client = ServerDataStream(("images", "labels"), host="127.0.0.1", port=port,
+                                      hwm=8, timeout=60)
+
+            def close() -> None:
+                client.close()
+                server.terminate()
+                server.join(10)
+            return forever(client.get_epoch_iterator), close
+        found["shmfuel bridge (2 producers)"] = bridge
+    if include:
+        found = {k: v for k, v in found.items() if any(word in k for word in include)}
+    return found
+
+
+def _serve(data: dict[str, numpy.ndarray], port: int) -> None:
+    import signal
+
+    from shmfuel.server import start_server
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        start_server(shmfuel_stream(data), port=port, workers=2)
+    except KeyboardInterrupt:
+        pass
+
+
+def plot(path: str, results: dict[str, Any], title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(results)
+    values = [results[n]["utilisation_pct"] for n in names]
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    axes.barh(names[::-1], values[::-1], color="tab:blue")
+    axes.axvline(95, color="tab:red", linestyle="--", linewidth=1)
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("accelerator utilisation (%)")
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--step-ms", type=float, default=6.0,
+                        help="simulated step time for --device cpu")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--batches", type=int, default=10, help="batches per epoch")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--only", nargs="+", default=[],
+                        help="run only modes whose name contains one of these")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--plot", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.batches, args.workers = 8, 2, [2]
+    out = args.out or os.path.join(HERE, "results", f"gpu_idle_{args.device}.json")
+    data = make_dataset(args.batches)
+    accelerator = SleepStep(args.step_ms) if args.device == "cpu" else CudaStep()
+    compute = pure_compute(accelerator, data, args.steps)
+    per_batch = []
+    rng = numpy.random.default_rng(0)
+    for k in range(min(5, args.batches)):
+        started = time.perf_counter()
+        augment(data["images"][k * BATCH:(k + 1) * BATCH],
+                data["labels"][k * BATCH:(k + 1) * BATCH], rng)
+        per_batch.append(time.perf_counter() - started)
+    augment_ms = 1000 * float(numpy.median(per_batch))
+    print(f"step {1000 * compute / (args.steps - 1):.2f} ms of compute, augmentation "
+          f"{augment_ms:.2f} ms per batch on one core", file=sys.stderr)
+    results: dict[str, Any] = {}
+    for name, make in modes(data, args.device, args.workers, args.only).items():
+        result = run_mode(make, accelerator, args.steps)
+        result["utilisation_pct"] = 100 * compute / result["wall_s"]
+        results[name] = result
+        print(f"{name:<34} {result['utilisation_pct']:5.1f}% busy", file=sys.stderr)
+    rows = [[name, f"{r['utilisation_pct']:.1f}",
+             f"{r['wait_ms']['p50']:.2f} / {r['wait_ms']['p95']:.2f} / {r['wait_ms']['max']:.1f}",
+             f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
+             f"{r['peak_shared_mb']:.0f}"] for name, r in results.items()]
+    title = (f"{args.device}: step {1000 * compute / (args.steps - 1):.1f} ms, augmentation "
+             f"{augment_ms:.1f} ms/batch, batch {BATCH}, {args.steps} steps")
+    print(title)
+    print(table(["mode", "utilisation %", "wait ms p50/p95/max", "first batch s",
+                 "producer CPU %", "peak shm MB"], rows))
+    payload = {"benchmark": "gpu_idle", "machine": machine(), "device": args.device,
+               "step_ms": 1000 * compute / (args.steps - 1), "augment_ms": augment_ms,
+               "steps": args.steps, "batch": BATCH, "results": results}
+    if args.device == "cuda":
+        import torch
+        payload["gpu"] = torch.cuda.get_device_name()
+    write_json(out, payload)
+    if args.plot:
+        plot(out.replace(".json", ".png"), results, title)
+
+
+if __name__ == "__main__":
+    main()
