@@ -23,7 +23,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy
 
@@ -56,8 +57,9 @@ def datasets(files: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "NpyDataset (memmap)": lambda: NpyDataset(files["npy"]),
     }
     try:
-        from shmfuel.datasets import H5PYDataset
         import h5py  # noqa: F401
+
+        from shmfuel.datasets import H5PYDataset
         found["H5PYDataset (file)"] = lambda: H5PYDataset(
             files["hdf5"], which_sets=("train",))
         found["H5PYDataset (in memory)"] = lambda: H5PYDataset(

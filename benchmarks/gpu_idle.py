@@ -29,9 +29,9 @@ import argparse
 import importlib.util
 import os
 import sys
-import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy
 
@@ -170,34 +170,16 @@ class CudaStep:
 
 # -- measurement ------------------------------------------------------------------
 
-class ShmemPeak(threading.Thread):
-    """Samples the system's Shmem (shared memory in use) every 5 ms."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.base = self.peak = self.read()
-        self.running = True
-
-    @staticmethod
-    def read() -> int:
-        try:
-            with open("/proc/meminfo") as meminfo:
-                for line in meminfo:
-                    if line.startswith("Shmem:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self.read())
-            time.sleep(0.005)
-
-    def stop(self) -> int:
-        self.running = False
-        self.join()
-        return max(0, self.peak - self.base)
+def shmem_bytes() -> int:
+    """The system's Shmem (shared memory in use), from /proc/meminfo."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("Shmem:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def children_cpu() -> float:
@@ -214,8 +196,9 @@ def children_cpu() -> float:
 
 def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
              accelerator: Any, steps: int) -> dict[str, Any]:
-    shmem = ShmemPeak()
-    shmem.start()
+    # sampled in the loop, not by a thread: a thread would make the
+    # Prefetcher choose forkserver over fork
+    base = peak = shmem_bytes()
     started = time.perf_counter()
     batches, close = make()
     waits = []
@@ -225,6 +208,7 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
             waited = time.perf_counter()
             batch = accelerator.to_device(next(batches))
             waits.append(time.perf_counter() - waited)
+            peak = max(peak, shmem_bytes())
             if first is None:
                 first = time.perf_counter() - started
                 loop_started = time.perf_counter()
@@ -235,13 +219,12 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
         cpu = children_cpu()
     finally:
         close()
-        peak = shmem.stop()
     w = numpy.array(waits[1:]) * 1000
     return {"wall_s": wall, "wait_ms": {"p50": float(numpy.percentile(w, 50)),
                                         "p95": float(numpy.percentile(w, 95)),
                                         "max": float(w.max())},
             "time_to_first_batch_s": first, "producer_cpu_pct": 100 * cpu / wall,
-            "peak_shared_mb": peak / 1e6}
+            "peak_shared_mb": (peak - base) / 1e6}
 
 
 def pure_compute(accelerator: Any, data: dict[str, numpy.ndarray], steps: int) -> float:

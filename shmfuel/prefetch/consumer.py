@@ -109,8 +109,7 @@ class Consumer:
             if kind == layout.MSG_SEGMENT:
                 fd = channel.fds.popleft()
                 try:
-                    mapping = mmap.mmap(fd, value, flags=mmap.MAP_SHARED,
-                                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                    mapping = ring.map_segment(fd, value)
                 finally:
                     os.close(fd)
                 if self.pinning is not None:
