@@ -52,3 +52,24 @@ def test_disk_datasets_quick(tmp_path):
                                     "H5PYDataset (file)", "H5PYDataset (in memory)"}
     assert all(set(modes) == {"in-process", "Prefetcher w=1", "Prefetcher w=2"}
                for modes in data["results"].values())
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("script,args,keys", [
+    ("gpu_idle.py", ["--device", "cpu"], {"in-process", "shmfuel Prefetcher w=2"}),
+    ("scaling.py", [], None),
+])
+def test_quick_runs(tmp_path, script, args, keys):
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), "--quick", *args,
+         "--out", str(out)], capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    if keys:
+        assert keys <= set(data["results"])
+        for mode in data["results"].values():
+            assert 0 < mode["utilisation_pct"] <= 100
+    else:
+        assert set(data["throughput"]) == {"1", "2"}
+        assert "fork" in data["time_to_first_batch_s"]
