@@ -61,7 +61,7 @@ def test_other_values_come_back_equal_and_of_the_same_type(value):
 
 def test_empty_batch_and_zero_size_arrays():
     values, _, _ = roundtrip(())
-    assert values == []
+    assert values == ()
     (x,), _, _ = roundtrip((numpy.zeros((0, 3)),))
     assert x.shape == (0, 3)
 

@@ -193,7 +193,7 @@ class Prefetcher(AbstractDataStream):
 
         Keys: ``batches`` delivered, ``copied`` (delivered as copies),
         ``wait_s`` (``total``, ``p50``, ``p95``, ``max`` of the time
-        ``next()`` took), ``producer_busy_s`` (time each producer spent
+        ``next()`` waited for a producer; 0 when a batch was ready), ``producer_busy_s`` (time each producer spent
         making and writing batches, as of its last delivered batch),
         ``ring`` (``slots``, ``ready``: delivered by producers but not yet
         taken, ``held``: taken and still referenced), and
@@ -201,8 +201,9 @@ class Prefetcher(AbstractDataStream):
         """
         consumer = self._consumer
         consumer._collect()
-        waits = numpy.frombuffer(consumer.waits, dtype=float) if len(
-            consumer.waits) else numpy.zeros(1)
+        # next() calls that found a batch ready waited 0 s
+        waits = numpy.zeros(max(1, consumer.delivered, len(consumer.waits)))
+        waits[:len(consumer.waits)] = consumer.waits
         return {
             "batches": consumer.delivered,
             "copied": consumer.copied,
@@ -236,7 +237,7 @@ class _EpochIterator:
         values = prefetcher._consumer.next_batch(self.epoch)
         if self.as_dict:
             return dict(zip(prefetcher._sources, values))
-        return tuple(values)
+        return values
 
 
 def _cuda_pinning() -> Any:

@@ -28,10 +28,11 @@ import array
 import collections
 import mmap
 import os
+import select
 import socket
 import time
 import weakref
-from multiprocessing.connection import wait
+from time import perf_counter
 from typing import Any
 
 import numpy
@@ -46,6 +47,7 @@ from shmfuel.prefetch import layout, ring
 from shmfuel.prefetch._lifecycle import ProducerPool, describe_exit
 
 _EMPTY = b""
+_FIXED, _MAGIC, _META = layout.FIXED, layout.MAGIC, layout.FIXED.size
 
 
 class Channel:
@@ -90,6 +92,12 @@ class Consumer:
         self.delivered = 0
         self.copied = 0
         self.waits = array.array("d")
+        self.specs: dict[bytes, Any] = {}
+        self.poller: Any = None
+        # Freed slots go back to the producers in bursts (one system call
+        # each), and always before the consumer waits.
+        self.to_free = 0
+        self.flush_at = max(1, min(slots) // 4)
 
     # -- receiving -----------------------------------------------------------
     def _receive(self, channel: Channel) -> None:
@@ -138,7 +146,8 @@ class Consumer:
     def _wait(self, channel: Channel, deadline: float | None) -> None:
         """Block until ``channel`` has data, a producer dies, or time is up.
 
-        While CUDA copies are in flight it wakes every millisecond, so that
+        Whatever other producers sent meanwhile is received too. While CUDA
+        copies are in flight it wakes every millisecond, so that
         ``_collect`` can retire them (see ``_pinning``).
         """
         self._flush()
@@ -152,16 +161,24 @@ class Consumer:
             raise exc
         if self.in_flight:
             timeout = 0.001 if timeout is None else min(timeout, 0.001)
-        sentinels = {c.process.sentinel: c for c in self.channels}
-        ready = wait([channel.sock, *sentinels], timeout)
-        if not ready or channel.sock in ready:
-            return
-        for sentinel in ready:
-            if sentinels[sentinel] is not channel:
-                self._died(sentinels[sentinel])
-        self._receive(channel)
-        if not channel.inbox:
-            self._died(channel)
+        if self.poller is None:
+            self.poller = select.poll()
+            for c in self.channels:
+                self.poller.register(c.sock.fileno(), select.POLLIN)
+                self.poller.register(c.process.sentinel, select.POLLIN)
+            self.by_fd = {c.sock.fileno(): c for c in self.channels}
+            self.by_sentinel = {c.process.sentinel: c for c in self.channels}
+        ready = self.poller.poll(None if timeout is None
+                                 else max(0, int(timeout * 1000) + 1))
+        dead = []
+        for fd, _ in ready:
+            if fd in self.by_fd:
+                self._receive(self.by_fd[fd])
+            else:
+                dead.append(self.by_sentinel[fd])
+        for other in dead:
+            if other is not channel or not channel.inbox:
+                self._died(other)
 
     def _take(self, channel: Channel) -> tuple[int, Any]:
         deadline = (None if self.timeout is None
@@ -186,6 +203,7 @@ class Consumer:
                 channel = self.channels[worker]
                 channel.held -= 1
                 channel.to_free.append(slot)
+                self.to_free += 1
         if self.in_flight:
             still = []
             for event, worker, slot in self.in_flight:
@@ -193,11 +211,13 @@ class Consumer:
                     channel = self.channels[worker]
                     channel.held -= 1
                     channel.to_free.append(slot)
+                    self.to_free += 1
                 else:
                     still.append((event, worker, slot))
             self.in_flight = still
 
     def _flush(self) -> None:
+        self.to_free = 0
         for channel in self.channels:
             if channel.to_free:
                 message = b"".join(layout.encode_message(layout.MSG_FREE, s)
@@ -252,6 +272,7 @@ class Consumer:
                 self._break(exc)
                 raise exc
             channel.to_free.append(value)
+            self.to_free += 1
 
     def _raise_remote(self, payload: bytes) -> None:
         exc, name, message, tb = layout.decode_error(payload)
@@ -262,52 +283,73 @@ class Consumer:
         self._break(exc)
         raise exc
 
-    def next_batch(self, epoch: int) -> list[Any]:
+    def next_batch(self, epoch: int) -> tuple[Any, ...]:
         """The next batch of ``epoch``; ``StopIteration`` at its end."""
-        self.check()
-        if epoch != self.epoch:
-            raise ShmfuelError(
-                f"this epoch iterator (epoch {epoch}) was superseded by "
-                f"epoch {self.epoch}: only the newest epoch iterator of a "
-                "Prefetcher can be used")
-        if self.epoch_done:
+        if self.broken is not None or epoch != self.epoch or self.epoch_done:
+            self.check()
+            if epoch != self.epoch:
+                raise ShmfuelError(
+                    f"this epoch iterator (epoch {epoch}) was superseded by "
+                    f"epoch {self.epoch}: only the newest epoch iterator of "
+                    "a Prefetcher can be used")
             raise StopIteration
-        started = time.perf_counter()
-        self._collect()
-        workers = len(self.channels)
-        channel = self.channels[self.position % workers]
-        kind, value = self._take(channel)
-        if kind == layout.MSG_END:
+        if len(self.released) >= self.flush_at or self.in_flight:
+            self._collect()
+        channels = self.channels
+        channel = channels[self.position % len(channels)]
+        if channel.inbox:
+            kind, value = channel.inbox.popleft()
+        else:
+            started = perf_counter()
+            kind, value = self._take(channel)
+            self.waits.append(perf_counter() - started)
+        if kind != layout.MSG_READY:
+            if kind == layout.MSG_ERROR:
+                self._raise_remote(value)
             self.epoch_done = True
-            for other in self.channels:
+            for other in channels:
                 if other is not channel:
                     self._skip_to_end(other, epoch, strict=True)
             self._flush()
             raise StopIteration
-        if kind == layout.MSG_ERROR:
-            self._raise_remote(value)
         batch = self._deliver(channel, value)
         self.position += 1
-        self._flush()
-        self.waits.append(time.perf_counter() - started)
+        if self.to_free >= self.flush_at:
+            self._flush()
         if self.first_batch_s is None:
-            self.first_batch_s = time.perf_counter() - self.started
+            self.first_batch_s = perf_counter() - self.started
         return batch
 
-    def _deliver(self, channel: Channel, slot: int) -> list[Any]:
+    def _deliver(self, channel: Channel, slot: int) -> tuple[Any, ...]:
+        """The batch in ``slot``: views of it, or copies (see module doc)."""
         mapping = channel.maps[slot]
         assert mapping is not None, "MSG_READY for a slot never mapped"
-        _, _, channel.busy_ns, specs = layout.read_header(mapping)
-        owner = numpy.frombuffer(mapping, numpy.uint8)
-        copy = self.copy or channel.held + 1 >= channel.slots
-        values, has_view = layout.read_batch(owner, specs, copy)
+        fixed = _FIXED.unpack_from(mapping)
+        if fixed[0] != _MAGIC:
+            raise ShmfuelError(f"slot {slot} of producer {channel.worker} "
+                               "holds no batch")
+        channel.busy_ns = fixed[6]
+        meta = mapping[_META:_META + fixed[3]]
+        specs = self.specs.get(meta)
+        if specs is None:
+            if len(self.specs) > 256:
+                self.specs.clear()
+            specs = self.specs[meta] = layout.decode_meta(meta)
         self.delivered += 1
-        if has_view:
-            channel.held += 1
-            ref = weakref.ref(owner, self.released.append)
-            self.refs[id(ref)] = (ref, channel.worker, slot)
+        owner = numpy.frombuffer(mapping, numpy.uint8)
+        if channel.held + 1 >= channel.slots and self.released:
+            self._collect()
+        if not self.copy and channel.held + 1 < channel.slots:
+            values, has_view = layout.read_batch(owner, specs)
+            if has_view:
+                channel.held += 1
+                ref = weakref.ref(owner, self.released.append)
+                self.refs[id(ref)] = (ref, channel.worker, slot)
+                return values
         else:
-            if copy and any(spec.kind == layout.ARRAY for spec in specs):
+            values, _ = layout.read_batch(owner, specs, copy=True)
+            if any(spec.kind == layout.ARRAY for spec in specs):
                 self.copied += 1
-            channel.to_free.append(slot)
+        channel.to_free.append(slot)
+        self.to_free += 1
         return values

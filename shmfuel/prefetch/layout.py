@@ -35,6 +35,8 @@ import numpy
 MAGIC = b"SHMF"
 VERSION = 1
 FIXED = struct.Struct("<4sHHIQQQ")
+STAMP = struct.Struct("<QQQ")      # seq, epoch, busy ns, inside FIXED
+STAMP_OFFSET = 12
 ALIGN = 64
 
 ARRAY = 0
@@ -53,8 +55,9 @@ MESSAGE = struct.Struct("<IIQ")
 
 
 class SourceSpec(NamedTuple):
+    """Where one source lies in a slot; ``dtype`` is None when pickled."""
     kind: int
-    dtype: str
+    dtype: Any
     shape: tuple[int, ...]
     offset: int
     nbytes: int
@@ -76,6 +79,27 @@ def is_raw_array(value: Any) -> bool:
     """Whether ``value`` can travel as raw bytes and come back as a view."""
     return (type(value) is numpy.ndarray and not value.dtype.hasobject
             and value.dtype.fields is None and value.dtype.subdtype is None)
+
+
+def signature(batch: Sequence[Any]) -> tuple[Any, ...] | None:
+    """``(dtype, shape)`` of each source if all are raw arrays, else None.
+
+    Batches with the same signature have the same layout, so the producer
+    plans it once and then only stamps the header and copies the data.
+    """
+    sig = []
+    for value in batch:
+        if not is_raw_array(value):
+            return None
+        sig.append((value.dtype, value.shape))
+    return tuple(sig)
+
+
+def stamp(buffer: Any, header: bytes, seq: int, epoch: int,
+          busy_ns: int) -> None:
+    """Write a planned header with this batch's sequence numbers."""
+    buffer[:len(header)] = header
+    STAMP.pack_into(buffer, STAMP_OFFSET, seq, epoch, busy_ns)
 
 
 def plan_batch(batch: Sequence[Any], seq: int, epoch: int,
@@ -131,8 +155,15 @@ def write_batch(buffer: Any, plan: BatchPlan) -> None:
             view[spec.offset:spec.offset + spec.nbytes] = payload
 
 
-def read_header(buffer: Any) -> tuple[int, int, int, tuple[SourceSpec, ...]]:
-    """``(seq, epoch, busy_ns, specs)`` of the batch in ``buffer``.
+def decode_meta(meta: bytes) -> tuple[SourceSpec, ...]:
+    """The source specs in a header's meta bytes (dtypes as numpy dtypes)."""
+    return tuple(SourceSpec(kind, numpy.dtype(dtype) if kind == ARRAY else None,
+                            tuple(shape), offset, nbytes)
+                 for kind, dtype, shape, offset, nbytes in marshal.loads(meta))
+
+
+def read_fixed(buffer: Any) -> tuple[int, int, int, bytes]:
+    """``(seq, epoch, busy_ns, meta bytes)`` of the batch in ``buffer``.
 
     Raises
     ------
@@ -144,32 +175,35 @@ def read_header(buffer: Any) -> tuple[int, int, int, tuple[SourceSpec, ...]]:
     if magic != MAGIC or version != VERSION:
         raise ValueError(f"slot holds no shmfuel batch (magic {magic!r}, "
                          f"version {version})")
-    meta = marshal.loads(bytes(memoryview(buffer)[FIXED.size:
-                                                  FIXED.size + meta_len]))
-    return seq, epoch, busy, tuple(SourceSpec(*s) for s in meta)
+    return seq, epoch, busy, bytes(buffer[FIXED.size:FIXED.size + meta_len])
+
+
+def read_header(buffer: Any) -> tuple[int, int, int, tuple[SourceSpec, ...]]:
+    """``(seq, epoch, busy_ns, specs)`` of the batch in ``buffer``."""
+    seq, epoch, busy, meta = read_fixed(buffer)
+    return seq, epoch, busy, decode_meta(meta)
 
 
 def read_batch(owner: numpy.ndarray, specs: Sequence[SourceSpec],
-               copy: bool = False) -> tuple[list[Any], bool]:
+               copy: bool = False) -> tuple[tuple[Any, ...], bool]:
     """Rebuild a batch from ``owner`` (a uint8 array over the slot).
 
-    Returns the sources and whether any of them is a view of ``owner``.
+    Returns the sources and whether any of them is a view of ``owner``
+    (each view's ``base`` is ``owner``).
     """
-    values: list[Any] = []
+    values = []
     has_view = False
-    for spec in specs:
-        if spec.kind == ARRAY:
-            array = owner[spec.offset:spec.offset + spec.nbytes].view(
-                spec.dtype).reshape(spec.shape)
+    for kind, dtype, shape, offset, nbytes in specs:
+        if kind == ARRAY:
+            array = numpy.ndarray(shape, dtype, buffer=owner, offset=offset)
             if copy:
                 array = array.copy()
             else:
                 has_view = True
             values.append(array)
         else:
-            values.append(pickle.loads(
-                owner[spec.offset:spec.offset + spec.nbytes].data))
-    return values, has_view
+            values.append(pickle.loads(owner[offset:offset + nbytes].data))
+    return tuple(values), has_view
 
 
 def encode_message(kind: int, a: int = 0, b: int = 0) -> bytes:
@@ -181,9 +215,15 @@ def decode_messages(data: bytes) -> tuple[list[tuple[int, int, Any]], bytes]:
 
     A ``MSG_ERROR`` message comes back as ``(MSG_ERROR, 0, payload)``.
     """
-    messages: list[tuple[int, int, Any]] = []
-    position = 0
     size = MESSAGE.size
+    whole = len(data) - len(data) % size
+    messages = list(MESSAGE.iter_unpack(data[:whole]))
+    if all(MSG_READY <= kind <= MSG_STOP and kind != MSG_ERROR
+           for kind, _, _ in messages):
+        return messages, data[whole:]
+    # An error (with its payload) or garbage: go message by message.
+    messages = []
+    position = 0
     while len(data) - position >= size:
         kind, a, b = MESSAGE.unpack_from(data, position)
         if kind == MSG_ERROR:
