@@ -334,7 +334,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--step-ms", type=float, default=6.0,
                         help="simulated step time for --device cpu")
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batches", type=int, default=10, help="batches per epoch")
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--only", nargs="+", default=[],

@@ -55,25 +55,29 @@ def batch_of(nbytes: int) -> numpy.ndarray:
     return _BATCHES[nbytes]
 
 
-class MakeBatch:
-    """A mapping that ignores its input and returns the batch."""
+def _constant_dataset_class() -> type:
+    from shmfuel.datasets import Dataset
 
-    def __init__(self, nbytes: int) -> None:
-        self.nbytes = nbytes
+    class ConstantDataset(Dataset):
+        """Answers every request with the same batch of ``nbytes``."""
 
-    def __call__(self, data: Any) -> tuple[numpy.ndarray]:
-        return (batch_of(self.nbytes),)
+        provides_sources = ("x",)
+
+        def __init__(self, nbytes: int) -> None:
+            super().__init__()
+            self.nbytes = nbytes
+
+        def get_data(self, state: Any = None, request: Any = None) -> tuple[Any, ...]:
+            return (batch_of(self.nbytes),)
+    return ConstantDataset
 
 
 def trivial_stream(nbytes: int, count: int) -> Any:
     """A per-batch pipeline: ``count`` requests, each answered by the batch."""
-    from shmfuel.datasets import IndexableDataset
-    from shmfuel.schemes import SequentialScheme
+    from shmfuel.schemes import ConstantScheme
     from shmfuel.streams import DataStream
-    from shmfuel.transformers import Mapping
-    requests = DataStream(IndexableDataset({"i": numpy.arange(count)}),
-                          iteration_scheme=SequentialScheme(count, 1))
-    return Mapping(requests, MakeBatch(nbytes))
+    return DataStream(_constant_dataset_class()(nbytes),
+                      iteration_scheme=ConstantScheme(1, times=count))
 
 
 def consume(batches: Iterator[Any], count: int) -> float:
@@ -103,7 +107,7 @@ def run_memcpy(nbytes: int, count: int) -> float:
 def run_prefetcher(workers: int) -> Callable[[int, int], float]:
     def run(nbytes: int, count: int) -> float:
         from shmfuel import Prefetcher
-        with Prefetcher(trivial_stream(nbytes, count), hwm=8,
+        with Prefetcher(trivial_stream(nbytes, count), hwm=16,
                         workers=workers) as stream:
             return consume((x for x, in stream.get_epoch_iterator()), count)
     return run
@@ -116,7 +120,7 @@ def _queue_producer(queue: Any, nbytes: int, count: int) -> None:
 
 
 def run_queue(nbytes: int, count: int) -> float:
-    queue = FORK.Queue(8)
+    queue = FORK.Queue(16)
     producer = FORK.Process(target=_queue_producer, args=(queue, nbytes, count))
     producer.start()
     try:
@@ -131,7 +135,7 @@ def _zmq_producer(port: int, nbytes: int, count: int) -> None:
     import zmq
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 8)
+    push.setsockopt(zmq.SNDHWM, 16)
     push.connect(f"tcp://127.0.0.1:{port}")
     batch = batch_of(nbytes)
     for _ in range(count):
@@ -146,7 +150,7 @@ def run_zmq(nbytes: int, count: int) -> float:
     import zmq
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 8)
+    pull.setsockopt(zmq.RCVHWM, 16)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     producer = FORK.Process(target=_zmq_producer, args=(port, nbytes, count))
     producer.start()
@@ -185,7 +189,7 @@ def run_bridge(nbytes: int, count: int) -> float:
     port = _free_port()
     server = FORK.Process(target=_bridge_server, args=(port, nbytes, count))
     server.start()
-    client = ServerDataStream(("i",), host="127.0.0.1", port=port, hwm=8)
+    client = ServerDataStream(("x",), host="127.0.0.1", port=port, hwm=16)
     try:
         return consume((x for x, in client.get_epoch_iterator()), count)
     finally:
