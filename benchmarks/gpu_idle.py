@@ -227,6 +227,22 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
             "peak_shared_mb": (peak - base) / 1e6}
 
 
+def settle(patience: float = 10.0) -> None:
+    """Let the previous mode's processes exit, so they do not steal CPU."""
+    import gc
+
+    import psutil
+    gc.collect()
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        children = [c for c in psutil.Process().children(recursive=True)
+                    if "forkserver" not in " ".join(c.cmdline())]
+        if not children:
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
 def pure_compute(accelerator: Any, data: dict[str, numpy.ndarray], steps: int) -> float:
     batch = accelerator.to_device(augment(data["images"][:BATCH], data["labels"][:BATCH],
                                           numpy.random.default_rng(0)))
@@ -361,6 +377,7 @@ def main() -> None:
           f"{augment_ms:.2f} ms per batch on one core", file=sys.stderr)
     results: dict[str, Any] = {}
     for name, make in modes(data, args.device, args.workers, args.only).items():
+        settle()
         result = run_mode(make, accelerator, args.steps)
         result["utilisation_pct"] = 100 * compute / result["wall_s"]
         results[name] = result
