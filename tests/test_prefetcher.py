@@ -293,3 +293,26 @@ def test_forked_producers_share_large_arrays_instead_of_unpickling_them():
             got = numpy.concatenate([x for x, in prefetched.get_epoch_iterator()])
         numpy.testing.assert_array_equal(got, big)
     assert not _payload._INHERITED
+
+
+def slow_counted(path):
+    def mapping(data):
+        with open(path, "a") as f:
+            f.write("x")
+        time.sleep(0.02)
+        return data
+    return mapping
+
+
+def test_abandoning_an_epoch_stops_a_slow_producer_promptly(tmp_path):
+    log = tmp_path / "calls"
+    stream = Mapping(sequential_stream(n=200, batch_size=1), slow_counted(str(log)))
+    with Prefetcher(stream, hwm=64) as prefetched:
+        epoch = prefetched.get_epoch_iterator()
+        next(epoch)
+        next(epoch)
+        first, = next(prefetched.get_epoch_iterator())
+        assert list(first) == [0]
+        time.sleep(0.2)
+        # the abandoned epoch was cut short: far fewer than its 200 batches
+        assert len(log.read_text()) < 40

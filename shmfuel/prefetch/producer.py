@@ -207,7 +207,10 @@ class Producer:
             seq = 0
             last_ns = slow_ns
             while True:
-                if not seq % 32 or not self.free:
+                # Look at the consumer's messages (a new epoch abandons this
+                # one) before every slow step, every 32 fast ones, and
+                # whenever no slot is free.
+                if last_ns >= slow_ns or not seq % 32 or not self.free:
                     self.poll(0)
                     if self.consumer_epoch > epoch:
                         break
