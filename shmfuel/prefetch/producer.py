@@ -228,9 +228,10 @@ class Producer:
                     slot = self.free.popleft()
                 else:
                     self.flush()
-                    slot = self.acquire(epoch)
-                    if slot is None:
+                    acquired = self.acquire(epoch)
+                    if acquired is None:
                         break
+                    slot = acquired
                 started = clock()
                 self.write(slot, batch, seq, epoch)
                 self.busy_ns += last_ns + clock() - started
