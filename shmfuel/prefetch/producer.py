@@ -131,7 +131,10 @@ class Producer:
                 os.close(fd)
             self.views[slot] = {}
             if self.maps[slot] is not None:
-                self.maps[slot].close()
+                try:
+                    self.maps[slot].close()
+                except BufferError:  # a view of it is still alive somewhere
+                    pass
             self.maps[slot] = mapping
             self.capacity[slot] = size
         return self.maps[slot]
