@@ -18,6 +18,14 @@ def strip_batch_label(axis_labels: dict[str, Any] | None) -> dict[str, Any] | No
             for source, labels in axis_labels.items()}
 
 
+def set_produces_examples(stream: Any, value: bool) -> None:
+    """Set a stream's ``produces_examples``; its scheme, if any, decides."""
+    if stream.iteration_scheme:
+        raise ValueError("cannot set produces_examples when an iteration "
+                         "scheme is given: the scheme decides")
+    stream._produces_examples = value
+
+
 class AbstractDataStream(ABC):
     """Base class of data streams.
 
@@ -47,10 +55,7 @@ class AbstractDataStream(ABC):
 
     @produces_examples.setter
     def produces_examples(self, value: bool) -> None:
-        if self.iteration_scheme:
-            raise ValueError("cannot set produces_examples when an "
-                             "iteration scheme is given: the scheme decides")
-        self._produces_examples = value
+        set_produces_examples(self, value)
 
     @property
     def sources(self) -> tuple[str, ...]:

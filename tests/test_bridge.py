@@ -344,7 +344,7 @@ def test_imports_work_without_pyzmq():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=30)
     assert out.stdout.splitlines() == [
-        "the shmfuel bridge needs pyzmq: pip install 'shmfuel[zmq]'"] * 2, out.stderr
+        "the shmfuel bridge needs zmq: pip install 'shmfuel[zmq]'"] * 2, out.stderr
 
 
 SERVER_PY = '''

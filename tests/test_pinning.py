@@ -73,7 +73,7 @@ def test_slots_wait_for_their_copies_and_the_ring_never_wedges(monkeypatch):
 
 def test_pin_memory_without_cuda_names_the_fix():
     if importlib.util.find_spec("torch") is None:
-        with pytest.raises(ImportError, match=r"pip install 'shmfuel\[torch\]'"):
+        with pytest.raises(ImportError, match=r"pin_memory=True needs torch: pip install 'shmfuel\[torch\]'"):
             Prefetcher(sequential_stream(), pin_memory=True)
     else:
         torch = pytest.importorskip("torch")

@@ -152,10 +152,11 @@ def test_two_workers_keep_order_with_one_slower():
             assert got == [[i, i + 1] for i in range(0, 40, 2)]
 
 
-def count_calls(path):
+def count_calls(path, sleep=0.0):
     def mapping(data):
         with open(path, "a") as f:
             f.write("x")
+        time.sleep(sleep)
         return data
     return mapping
 
@@ -295,18 +296,9 @@ def test_forked_producers_share_large_arrays_instead_of_unpickling_them():
     assert not _payload._INHERITED
 
 
-def slow_counted(path):
-    def mapping(data):
-        with open(path, "a") as f:
-            f.write("x")
-        time.sleep(0.02)
-        return data
-    return mapping
-
-
 def test_abandoning_an_epoch_stops_a_slow_producer_promptly(tmp_path):
     log = tmp_path / "calls"
-    stream = Mapping(sequential_stream(n=200, batch_size=1), slow_counted(str(log)))
+    stream = Mapping(sequential_stream(n=200, batch_size=1), count_calls(str(log), 0.02))
     with Prefetcher(stream, hwm=64) as prefetched:
         epoch = prefetched.get_epoch_iterator()
         next(epoch)

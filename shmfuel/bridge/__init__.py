@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from shmfuel._extras import require
+
 
 def require_zmq() -> Any:
     """The ``zmq`` module, or an ImportError that says how to install it."""
-    try:
-        import zmq
-    except ImportError as exc:
-        raise ImportError("the shmfuel bridge needs pyzmq: pip install "
-                          "'shmfuel[zmq]'") from exc
-    return zmq
+    return require("zmq", "zmq", "the shmfuel bridge")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy
 
+from shmfuel._extras import require
 from shmfuel.datasets.base import Dataset
 from shmfuel.schemes import SequentialExampleScheme
 from shmfuel.utils import Subset, do_not_pickle_attributes
@@ -30,12 +31,7 @@ from shmfuel.utils import Subset, do_not_pickle_attributes
 
 def require_h5py() -> Any:
     """The ``h5py`` module, or an ImportError naming the fix."""
-    try:
-        import h5py
-    except ImportError as exc:
-        raise ImportError("H5PYDataset needs h5py: pip install "
-                          "'shmfuel[hdf5]'") from exc
-    return h5py
+    return require("h5py", "hdf5", "H5PYDataset")
 
 
 def _text(value: Any) -> str:

@@ -16,17 +16,14 @@ from typing import Any
 
 import numpy
 
+from shmfuel._extras import require
+
 
 class CudaPinning:
     """cudaHostRegister + events, through torch."""
 
     def __init__(self) -> None:
-        try:
-            import torch
-        except ImportError as exc:
-            raise ImportError(
-                "pin_memory=True needs torch with CUDA: pip install "
-                "'shmfuel[torch]' (or pass pin_memory=False)") from exc
+        torch = require("torch", "torch", "pin_memory=True")
         if not torch.cuda.is_available():
             raise RuntimeError(
                 "pin_memory=True needs a CUDA device, but "

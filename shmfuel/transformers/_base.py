@@ -22,7 +22,7 @@ from typing import Any
 import numpy
 
 from shmfuel.exceptions import AxisLabelsMismatchError
-from shmfuel.streams import AbstractDataStream
+from shmfuel.streams import AbstractDataStream, set_produces_examples
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +85,15 @@ class Transformer(AbstractDataStream):
             child_labels = getattr(data_stream, "axis_labels", None)
             self.axis_labels = dict(child_labels) if child_labels else None
 
-    @property
-    def produces_examples(self) -> bool:
+    def _produces_examples_or_child(self) -> bool:
         if self.iteration_scheme:
             return bool(self.iteration_scheme.requests_examples)
         if hasattr(self, "_produces_examples"):
             return self._produces_examples
         return bool(self.data_stream.produces_examples)
 
-    @produces_examples.setter
-    def produces_examples(self, value: bool) -> None:
-        if self.iteration_scheme:
-            raise ValueError("cannot set produces_examples when an "
-                             "iteration scheme is given: the scheme decides")
-        self._produces_examples = value
+    produces_examples = property(_produces_examples_or_child,
+                                 set_produces_examples)
 
     def _default_sources(self) -> tuple[str, ...]:
         return tuple(self.data_stream.sources)
