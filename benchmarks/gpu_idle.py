@@ -128,12 +128,14 @@ class SleepStep:
         pass
 
 
-class CudaStep:
-    """A real model on CUDA in bf16 autocast."""
+class ModelStep:
+    """A real model in bf16 autocast, on CUDA (or on the CPU, to check the
+    script on a machine without a GPU)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cuda") -> None:
         import torch
         self.torch = torch
+        self.device = device
         if importlib.util.find_spec("torchvision") is not None:
             import torchvision
             model = torchvision.models.resnet18(num_classes=1000)
@@ -144,7 +146,7 @@ class CudaStep:
                 torch.nn.Conv2d(128, 256, 3, stride=2, padding=1), torch.nn.ReLU(),
                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                 torch.nn.Linear(256, 1000))
-        self.model = model.cuda().to(memory_format=torch.channels_last)
+        self.model = model.to(device).to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
 
     def to_device(self, batch: Any) -> Any:
@@ -152,20 +154,21 @@ class CudaStep:
         images, labels = batch
         if isinstance(images, numpy.ndarray):
             images, labels = torch.from_numpy(images), torch.from_numpy(labels)
-        return (images.to("cuda", non_blocking=True),
-                labels.to("cuda", non_blocking=True))
+        return (images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True))
 
     def step(self, batch: Any) -> None:
         torch = self.torch
         images, labels = batch
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(self.device, dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(self.model(images), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
 
     def sync(self) -> None:
-        self.torch.cuda.synchronize()
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
 
 
 # -- measurement ------------------------------------------------------------------
@@ -347,7 +350,10 @@ def plot(path: str, results: dict[str, Any], title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--device", choices=["cpu", "cuda", "torch-cpu"], default="cpu",
+                        help="cpu: simulated step; cuda: a real model on the GPU; "
+                             "torch-cpu: the real-model code on the CPU (slow), to "
+                             "check the script without a GPU")
     parser.add_argument("--step-ms", type=float, default=6.0,
                         help="simulated step time for --device cpu")
     parser.add_argument("--steps", type=int, default=300)
@@ -362,8 +368,15 @@ def main() -> None:
     if args.quick:
         args.steps, args.batches, args.workers = 8, 2, [2]
     out = args.out or os.path.join(HERE, "results", f"gpu_idle_{args.device}.json")
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            parser.error("--device cuda needs a CUDA device; use --device cpu")
     data = make_dataset(args.batches)
-    accelerator = SleepStep(args.step_ms) if args.device == "cpu" else CudaStep()
+    if args.device == "cpu":
+        accelerator: Any = SleepStep(args.step_ms)
+    else:
+        accelerator = ModelStep("cuda" if args.device == "cuda" else "cpu")
     compute = pure_compute(accelerator, data, args.steps)
     per_batch = []
     rng = numpy.random.default_rng(0)
