@@ -28,6 +28,7 @@ import array
 import collections
 import mmap
 import os
+import pickle
 import select
 import socket
 import time
@@ -48,6 +49,9 @@ from shmfuel.prefetch._lifecycle import ProducerPool, describe_exit
 
 _EMPTY = b""
 _FIXED, _MAGIC, _META = layout.FIXED, layout.MAGIC, layout.FIXED.size
+_READY, _ARRAY = layout.MSG_READY, layout.ARRAY
+_frombuffer, _ndarray, _UINT8 = numpy.frombuffer, numpy.ndarray, numpy.uint8
+_loads = pickle.loads
 
 
 class Channel:
@@ -284,7 +288,11 @@ class Consumer:
         raise exc
 
     def next_batch(self, epoch: int) -> tuple[Any, ...]:
-        """The next batch of ``epoch``; ``StopIteration`` at its end."""
+        """The next batch of ``epoch``; ``StopIteration`` at its end.
+
+        This is the consumer's hot path: the common case (a batch is ready,
+        its layout known, views allowed) is written out in one function.
+        """
         if self.broken is not None or epoch != self.epoch or self.epoch_done:
             self.check()
             if epoch != self.epoch:
@@ -298,32 +306,16 @@ class Consumer:
         channels = self.channels
         channel = channels[self.position % len(channels)]
         if channel.inbox:
-            kind, value = channel.inbox.popleft()
+            kind, slot = channel.inbox.popleft()
         else:
             started = perf_counter()
-            kind, value = self._take(channel)
+            kind, slot = self._take(channel)
             self.waits.append(perf_counter() - started)
-        if kind != layout.MSG_READY:
-            if kind == layout.MSG_ERROR:
-                self._raise_remote(value)
-            self.epoch_done = True
-            for other in channels:
-                if other is not channel:
-                    self._skip_to_end(other, epoch, strict=True)
-            self._flush()
-            raise StopIteration
-        batch = self._deliver(channel, value)
+        if kind != _READY:
+            self._end_of_epoch(channel, kind, slot, epoch)
         self.position += 1
-        if self.to_free >= self.flush_at:
-            self._flush()
-        if self.first_batch_s is None:
-            self.first_batch_s = perf_counter() - self.started
-        return batch
-
-    def _deliver(self, channel: Channel, slot: int) -> tuple[Any, ...]:
-        """The batch in ``slot``: views of it, or copies (see module doc)."""
+        self.delivered += 1
         mapping = channel.maps[slot]
-        assert mapping is not None, "MSG_READY for a slot never mapped"
         fixed = _FIXED.unpack_from(mapping)
         if fixed[0] != _MAGIC:
             raise ShmfuelError(f"slot {slot} of producer {channel.worker} "
@@ -332,11 +324,56 @@ class Consumer:
         meta = mapping[_META:_META + fixed[3]]
         specs = self.specs.get(meta)
         if specs is None:
-            if len(self.specs) > 256:
-                self.specs.clear()
-            specs = self.specs[meta] = layout.decode_meta(meta)
-        self.delivered += 1
-        owner = numpy.frombuffer(mapping, numpy.uint8)
+            specs = self._decode(meta)
+        owner = _frombuffer(mapping, _UINT8)
+        if self.copy or channel.held + 1 >= channel.slots:
+            return self._finish(self._copy_out(channel, slot, owner, specs))
+        values: list[Any] = []
+        has_view = False
+        for source_kind, dtype, shape, offset, nbytes in specs:
+            if source_kind == _ARRAY:
+                values.append(_ndarray(shape, dtype, buffer=owner,
+                                       offset=offset))
+                has_view = True
+            else:
+                values.append(_loads(owner[offset:offset + nbytes].data))
+        if has_view:
+            channel.held += 1
+            ref = weakref.ref(owner, self.released.append)
+            self.refs[id(ref)] = (ref, channel.worker, slot)
+        else:
+            channel.to_free.append(slot)
+            self.to_free += 1
+        return self._finish(tuple(values))
+
+    def _finish(self, batch: tuple[Any, ...]) -> tuple[Any, ...]:
+        if self.to_free >= self.flush_at:
+            self._flush()
+        if self.first_batch_s is None:
+            self.first_batch_s = perf_counter() - self.started
+        return batch
+
+    def _end_of_epoch(self, channel: Channel, kind: int, value: Any,
+                      epoch: int) -> None:
+        """Raise what a non-batch message means: the error, or the end."""
+        if kind == layout.MSG_ERROR:
+            self._raise_remote(value)
+        self.epoch_done = True
+        for other in self.channels:
+            if other is not channel:
+                self._skip_to_end(other, epoch, strict=True)
+        self._flush()
+        raise StopIteration
+
+    def _decode(self, meta: bytes) -> Any:
+        if len(self.specs) > 256:
+            self.specs.clear()
+        specs = self.specs[meta] = layout.decode_meta(meta)
+        return specs
+
+    def _copy_out(self, channel: Channel, slot: int, owner: numpy.ndarray,
+                  specs: Any) -> tuple[Any, ...]:
+        """The batch as owned arrays; its slot is freed at once."""
         if channel.held + 1 >= channel.slots and self.released:
             self._collect()
         if not self.copy and channel.held + 1 < channel.slots:
