@@ -308,3 +308,30 @@ def test_abandoning_an_epoch_stops_a_slow_producer_promptly(tmp_path):
         time.sleep(0.2)
         # the abandoned epoch was cut short: far fewer than its 200 batches
         assert len(log.read_text()) < 40
+
+
+def noisy(data):
+    import random
+    return (data[0] + numpy.random.randint(1000), data[0] * 0 + random.randint(0, 999))
+
+
+def test_seed_makes_random_transformers_reproducible_across_workers():
+    def run(workers, seed):
+        stream = Mapping(sequential_stream(n=16, batch_size=2), noisy, add_sources=("a", "b"))
+        with Prefetcher(stream, workers=workers, hwm=4, seed=seed) as prefetched:
+            return [as_lists(prefetched.get_epoch_iterator()) for _ in range(2)]
+    one, two = run(1, seed=7), run(2, seed=7)
+    assert one == two
+    assert one[0] != one[1]
+    assert run(1, seed=8) != one
+    with pytest.raises(TypeError, match="seed must be an int"):
+        Prefetcher(sequential_stream(), seed="7")
+
+
+def test_producers_do_not_repeat_each_others_random_draws():
+    numpy.random.seed(0)  # a seeded parent: forked producers inherit its state
+    stream = Mapping(sequential_stream(n=16, batch_size=2), noisy, add_sources=("a", "b"))
+    with Prefetcher(stream, workers=2, hwm=4) as prefetched:
+        batches = as_lists(prefetched.get_epoch_iterator())
+    noise = [numpy.subtract(b[1], b[0]).tolist() for b in batches]
+    assert noise[0::2] != noise[1::2]

@@ -68,6 +68,13 @@ class Prefetcher(AbstractDataStream):
         ``torch.from_numpy(view).to('cuda', non_blocking=True)`` is a direct
         DMA. Needs torch with CUDA. A slot is recycled only after the CUDA
         work queued when its views were released has finished.
+    seed : int, optional
+        Make randomness in the pipeline reproducible: before each batch,
+        ``random`` and numpy's global generator are seeded from ``seed``,
+        the epoch and the batch's index in it, so a transformer that draws
+        from them makes the same batches whatever the number of producers.
+        Without a seed each producer seeds them once, differently, so no
+        two producers repeat each other's random draws.
 
     View lifetime
     -------------
@@ -102,7 +109,7 @@ class Prefetcher(AbstractDataStream):
     def __init__(self, data_stream: Any, hwm: int = 10, workers: int = 1,
                  copy: bool = False, timeout: float | None = None,
                  start_method: str | None = None,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, seed: int | None = None) -> None:
         for name, value in (("hwm", hwm), ("workers", workers)):
             if isinstance(value, bool) or not isinstance(value,
                                                          numbers.Integral):
@@ -133,7 +140,11 @@ class Prefetcher(AbstractDataStream):
         slots = _split(hwm, workers)
         self.hwm = hwm
         self.workers = workers
-        self._pool = ProducerPool(data_stream, workers, slots, start_method)
+        if seed is not None and (isinstance(seed, bool)
+                                 or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        self._pool = ProducerPool(data_stream, workers, slots, start_method,
+                                  seed)
         self._consumer = Consumer(self._pool, slots, copy, timeout, pinning)
         self._closed = False
         self._finalizer = weakref.finalize(self, self._pool.shutdown)

@@ -111,7 +111,7 @@ class ProducerPool:
     """The producer processes of one Prefetcher and our socket ends."""
 
     def __init__(self, stream: Any, workers: int, slots: list[int],
-                 start_method: str | None) -> None:
+                 start_method: str | None, seed: int | None = None) -> None:
         context = choose_context(start_method)
         self.start_method = context.get_start_method()
         try:
@@ -127,13 +127,16 @@ class ProducerPool:
         _live_pools.add(self)
         try:
             with _payload.inherited(kept):
-                self._start(context, payload, workers, slots)
+                self._start(context, payload, workers, slots, seed)
         except BaseException:
             self.shutdown()
             raise
 
     def _start(self, context: Any, payload: bytes, workers: int,
-               slots: list[int]) -> None:
+               slots: list[int], seed: int | None) -> None:
+        # Without a seed, producers still must not share random streams
+        # (forked children inherit the parent's): each gets its own base.
+        base = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
         for worker in range(workers):
             ours, theirs = socket.socketpair(socket.AF_UNIX,
                                              socket.SOCK_STREAM)
@@ -143,7 +146,7 @@ class ProducerPool:
             process = context.Process(
                 target=producer.main, name=f"shmfuel-producer-{worker}",
                 args=(payload, theirs, worker, workers, slots[worker],
-                      os.getpid(), close_fds))
+                      os.getpid(), close_fds, base, seed is not None))
             process.start()
             theirs.close()
             self.processes.append(process)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import select
 import signal
 import socket
@@ -75,6 +76,7 @@ class Producer:
         self.plans: dict[Any, Any] = {}
         self.views: list[dict[Any, Any]] = [{} for _ in range(slots)]
         self.burst = max(1, min(16, slots // 4))
+        self.seed: int | None = None
 
     # -- control channel -------------------------------------------------
     def poll(self, timeout: float) -> None:
@@ -219,6 +221,10 @@ class Producer:
                         break
                 if last_ns >= slow_ns:
                     self.flush()
+                if self.seed is not None:
+                    # the batch's place in the epoch, whatever the workers
+                    seed_globals(self.seed, epoch,
+                                 seq * self.workers + self.worker)
                 started = clock()
                 try:
                     batch = next(iterator)
@@ -255,8 +261,16 @@ def _check_batch(batch: Any, sources: tuple[str, ...]) -> None:
                          f"{len(sources)} sources {sources}")
 
 
+def seed_globals(*key: int) -> None:
+    """Seed ``random`` and numpy's global generator from ``key``."""
+    seeds = numpy.random.SeedSequence(list(key)).generate_state(2)
+    random.seed(int(seeds[0]))
+    numpy.random.seed(int(seeds[1]))
+
+
 def main(payload: bytes, sock: socket.socket, worker: int, workers: int,
-         slots: int, consumer_pid: int, close_fds: list[int]) -> None:
+         slots: int, consumer_pid: int, close_fds: list[int], seed: int,
+         per_batch: bool) -> None:
     """Entry point of a producer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close_fds:
@@ -264,4 +278,7 @@ def main(payload: bytes, sock: socket.socket, worker: int, workers: int,
             os.close(fd)
         except OSError:
             pass
-    Producer(sock, worker, workers, slots, consumer_pid).run(payload)
+    seed_globals(seed, worker)
+    producer = Producer(sock, worker, workers, slots, consumer_pid)
+    producer.seed = seed if per_batch else None
+    producer.run(payload)
