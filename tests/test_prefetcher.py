@@ -335,3 +335,16 @@ def test_producers_do_not_repeat_each_others_random_draws():
         batches = as_lists(prefetched.get_epoch_iterator())
     noise = [numpy.subtract(b[1], b[0]).tolist() for b in batches]
     assert noise[0::2] != noise[1::2]
+
+
+@pytest.mark.parametrize("workers,hwm,seed", [(1, 2, 0), (1, 16, 1), (2, 4, 2), (2, 9, 3)])
+def test_random_abandons_keep_every_epoch_exact(workers, hwm, seed):
+    rng = numpy.random.RandomState(seed)
+    epochs = 8
+    expected = serial_epochs(shuffled_stream(n=50, batch_size=3), epochs)
+    with Prefetcher(shuffled_stream(n=50, batch_size=3), hwm=hwm, workers=workers) as stream:
+        for e in range(epochs):
+            take = rng.randint(0, len(expected[e]) + 2)
+            epoch = stream.get_epoch_iterator()
+            got = as_lists(b for _, b in zip(range(take), epoch))
+            assert got == expected[e][:take]
