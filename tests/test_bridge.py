@@ -441,3 +441,14 @@ def test_the_seed_tutorial_files_end_to_end(tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(10)
+
+
+def test_a_forgotten_client_is_closed_when_collected():
+    import gc
+    with Server("shuffled") as server:
+        client = server.client()
+        next(client.get_epoch_iterator())
+        context = client._context
+        del client
+        gc.collect()
+        assert context.closed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import weakref
 from typing import Any
 
 from shmfuel.bridge import require_zmq, wire
@@ -86,6 +87,16 @@ class _Connection:
             raise BridgeTimeoutError(
                 f"could not send to the data server at {self.address} within "
                 f"{self.timeout} s: is it running and reachable?") from None
+
+
+def _hang_up(zmq: Any, context: Any, connections: list[_Connection]) -> None:
+    for connection in connections:
+        try:
+            connection.send(wire.BYE, zmq.NOBLOCK)
+        except Exception:
+            pass
+        connection.socket.close(0)
+    context.term()
 
 
 def _parse_address(value: Any) -> tuple[str, int]:
@@ -177,6 +188,9 @@ class ServerDataStream(AbstractDataStream):
                         self.timeout)
             for host, port in self.addresses]
         self.connected = True
+        # Garbage collection and interpreter exit close them too.
+        self._finalizer = weakref.finalize(self, _hang_up, self._zmq, self._context,
+                                           self._connections)
         try:
             metadata = []
             for connection in self._connections:
@@ -245,17 +259,11 @@ class ServerDataStream(AbstractDataStream):
         if not self.connected:
             return
         self.connected = False
-        for connection in self._connections:
-            try:
-                connection.send(wire.BYE, self._zmq.NOBLOCK)
-            except Exception:
-                pass
-            connection.socket.close(0)
-        self._context.term()
+        self._finalizer()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_zmq", "_context", "_connections"):
+        for key in ("_zmq", "_context", "_connections", "_finalizer"):
             state.pop(key, None)
         state["connected"] = False
         return state
