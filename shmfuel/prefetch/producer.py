@@ -157,6 +157,8 @@ class Producer:
         mapping = self.ensure(slot, size)
         targets = self.views[slot].get(sig)
         if targets is None:
+            if len(self.views[slot]) > 8:  # shapes that keep changing
+                self.views[slot].clear()
             owner = numpy.frombuffer(mapping, numpy.uint8)
             targets = self.views[slot][sig] = [
                 numpy.ndarray(shape, dtype, buffer=owner, offset=offset)
