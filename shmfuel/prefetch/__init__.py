@@ -147,7 +147,7 @@ class Prefetcher(AbstractDataStream):
                                   seed)
         self._consumer = Consumer(self._pool, slots, copy, timeout, pinning)
         self._closed = False
-        self._finalizer = weakref.finalize(self, self._pool.shutdown)
+        self._finalizer = weakref.finalize(self, self._consumer.release)
 
     @property
     def produces_examples(self) -> bool:

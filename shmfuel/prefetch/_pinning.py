@@ -45,6 +45,9 @@ class CudaPinning:
         if address is not None:
             self.cudart.cudaHostUnregister(address)
 
+    def synchronize(self) -> None:
+        self.torch.cuda.synchronize()
+
     def record(self) -> Any:
         event = self.torch.cuda.Event()
         event.record(self.torch.cuda.current_stream())

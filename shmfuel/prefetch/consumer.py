@@ -238,6 +238,17 @@ class Consumer:
             self.broken = exc
             self.pool.shutdown()
 
+    def release(self) -> None:
+        """Stop the producers and un-pin the slots. Idempotent."""
+        self.pool.shutdown()
+        if self.pinning is not None:
+            self.pinning.synchronize()  # no copy may still read a slot
+            for channel in self.channels:
+                for mapping in channel.maps:
+                    if mapping is not None:
+                        self.pinning.unregister(mapping)
+            self.pinning = None
+
     def check(self) -> None:
         if self.broken is not None:
             raise self.broken
