@@ -182,3 +182,16 @@ def test_toy_datasets():
     features, position = roll.get_data(None, slice(0, 20))
     assert features.shape == (20, 3) and position.shape == (20, 2)
     assert roll.sources == ("features", "position")
+
+
+def test_example_stream_and_missing_scheme():
+    dataset = IndexableDataset({"x": numpy.arange(3)})
+    assert [int(x) for x, in dataset.get_example_stream().get_epoch_iterator()] == [0, 1, 2]
+
+    class NoScheme(Dataset):
+        provides_sources = ("x",)
+
+        def get_data(self, state=None, request=None):
+            return (1,)
+    with pytest.raises(AttributeError, match="no example iteration scheme"):
+        NoScheme().example_iteration_scheme
