@@ -89,10 +89,11 @@ class Prefetcher(AbstractDataStream):
 
     Memory
     ------
-    Each of the ``hwm`` slots holds one batch: header (under 4 KiB) plus
-    each source rounded up to 64 bytes; a slot grows (by at least 25%) when
-    a later batch is larger and never shrinks. Shared memory used is at
-    most ``hwm * 1.25 * (largest batch + 4 KiB)``, plus the copies made
+    Each of the ``hwm`` slots holds one batch: a header (about 50 bytes
+    plus 40 per source) and each source, rounded up to 64 bytes; a slot
+    grows (by at least 25%) when a later batch is larger and never
+    shrinks. Shared memory used is at most ``hwm * 1.25 * (largest batch +
+    header)``, each slot rounded up to whole pages, plus the copies made
     for batches the caller hoards.
 
     Faults
