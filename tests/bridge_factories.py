@@ -22,12 +22,12 @@ def failing():
 
 
 def slow_batch(data):
-    time.sleep(0.3)
+    time.sleep(0.8)
     return data
 
 
 def slow():
-    return Mapping(sequential_stream(n=6), slow_batch)
+    return Mapping(sequential_stream(n=4), slow_batch)
 
 
 def lambdas():

@@ -172,6 +172,9 @@ def test_back_pressure_producer_stays_within_hwm(tmp_path):
         assert len(log.read_text()) <= 1 + 3 + 1
         for _ in range(10):
             next(epoch)
+        deadline = time.monotonic() + 10
+        while len(log.read_text()) < 11 + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(0.3)
         assert 11 + 3 <= len(log.read_text()) <= 11 + 3 + 1
 
