@@ -89,9 +89,12 @@ def signature(batch: Sequence[Any]) -> tuple[Any, ...] | None:
     """
     sig = []
     for value in batch:
-        if not is_raw_array(value):
+        if type(value) is not numpy.ndarray:
             return None
-        sig.append((value.dtype, value.shape))
+        dtype = value.dtype
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype:
+            return None
+        sig.append((dtype, value.shape))
     return tuple(sig)
 
 
