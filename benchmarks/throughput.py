@@ -44,6 +44,7 @@ SIZES = {"512 B": 512, "64 KiB": 64 * 2**10, "1 MiB": 2**20,
          "38.5 MB": 64 * 3 * 224 * 224 * 4}
 COUNTS = {"512 B": 40000, "64 KiB": 10000, "1 MiB": 2000, "38.5 MB": 60}
 FORK = multiprocessing.get_context("fork")
+HWM = 16  # queue depth of every transport (--hwm)
 
 _BATCHES: dict[int, numpy.ndarray] = {}
 
@@ -107,7 +108,7 @@ def run_memcpy(nbytes: int, count: int) -> float:
 def run_prefetcher(workers: int) -> Callable[[int, int], float]:
     def run(nbytes: int, count: int) -> float:
         from shmfuel import Prefetcher
-        with Prefetcher(trivial_stream(nbytes, count), hwm=16,
+        with Prefetcher(trivial_stream(nbytes, count), hwm=HWM,
                         workers=workers) as stream:
             return consume((x for x, in stream.get_epoch_iterator()), count)
     return run
@@ -120,7 +121,7 @@ def _queue_producer(queue: Any, nbytes: int, count: int) -> None:
 
 
 def run_queue(nbytes: int, count: int) -> float:
-    queue = FORK.Queue(16)
+    queue = FORK.Queue(HWM)
     producer = FORK.Process(target=_queue_producer, args=(queue, nbytes, count))
     producer.start()
     try:
@@ -135,7 +136,7 @@ def _zmq_producer(port: int, nbytes: int, count: int) -> None:
     import zmq
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 16)
+    push.setsockopt(zmq.SNDHWM, HWM)
     push.connect(f"tcp://127.0.0.1:{port}")
     batch = batch_of(nbytes)
     for _ in range(count):
@@ -150,7 +151,7 @@ def run_zmq(nbytes: int, count: int) -> float:
     import zmq
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 16)
+    pull.setsockopt(zmq.RCVHWM, HWM)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     producer = FORK.Process(target=_zmq_producer, args=(port, nbytes, count))
     producer.start()
@@ -189,7 +190,7 @@ def run_bridge(nbytes: int, count: int) -> float:
     port = _free_port()
     server = FORK.Process(target=_bridge_server, args=(port, nbytes, count))
     server.start()
-    client = ServerDataStream(("x",), host="127.0.0.1", port=port, hwm=16)
+    client = ServerDataStream(("x",), host="127.0.0.1", port=port, hwm=HWM)
     try:
         return consume((x for x, in client.get_epoch_iterator()), count)
     finally:
@@ -239,6 +240,7 @@ def transports() -> dict[str, Callable[[int, int], float]]:
 
 
 def main() -> None:
+    global HWM
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true",
@@ -246,8 +248,11 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--only", nargs="+", default=None,
                         help="run only transports whose name contains one of these")
+    parser.add_argument("--hwm", type=int, default=16,
+                        help="queue depth of every transport (default 16)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "throughput.json"))
     args = parser.parse_args()
+    HWM = args.hwm
     runs = transports()
     if args.only:
         runs = {name: run for name, run in runs.items()
@@ -277,7 +282,7 @@ def main() -> None:
                          f"{rate / base:.2f}x" if base else "-"])
         print(f"\n{label} batches (median of {1 if args.quick else args.repeat}):")
         print(table(["transport", "batches/s", "GB/s", "vs Prefetcher w=1"], rows))
-    write_json(args.out, {"benchmark": "throughput", "machine": machine(),
+    write_json(args.out, {"benchmark": "throughput", "machine": machine(), "hwm": HWM,
                           "repeat": 1 if args.quick else args.repeat,
                           "results": results})
 
