@@ -320,17 +320,8 @@ def modes(data: dict[str, numpy.ndarray], device: str, workers: list[int],
 
 
 def _serve(data: dict[str, numpy.ndarray], port: int) -> None:
-    import signal
-
     from shmfuel.server import start_server
-
-    def interrupt(*_: Any) -> None:
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        start_server(shmfuel_stream(data), port=port, workers=2)
-    except KeyboardInterrupt:
-        pass
+    start_server(shmfuel_stream(data), port=port, workers=2)  # until SIGTERM
 
 
 def plot(path: str, results: dict[str, Any], title: str) -> None:

@@ -169,14 +169,8 @@ def run_zmq(nbytes: int, count: int) -> float:
 
 
 def _bridge_server(port: int, nbytes: int, count: int) -> None:
-    import signal
-
     from shmfuel.server import start_server
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    try:
-        start_server(trivial_stream(nbytes, count), port=port)
-    except KeyboardInterrupt:
-        pass
+    start_server(trivial_stream(nbytes, count), port=port)  # until SIGTERM
 
 
 def _free_port() -> int:

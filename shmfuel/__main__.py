@@ -10,7 +10,6 @@ import argparse
 import importlib
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
@@ -33,10 +32,6 @@ def load_stream(spec: str) -> AbstractDataStream:
         raise SystemExit(f"{spec} gave a {type(stream).__name__}, not a data "
                          "stream")
     return stream
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,14 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         k, _, n = args.shard.partition("/")
         shard = (int(k), int(n))
     from shmfuel.server import start_server
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     stream = load_stream(args.factory)
-    try:
-        start_server(stream, port=args.port, hwm=args.hwm, host=args.host,
-                     workers=args.workers, shard=shard,
-                     allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
-    except KeyboardInterrupt:
-        pass
+    # Ctrl-C and SIGTERM make start_server return.
+    start_server(stream, port=args.port, hwm=args.hwm, host=args.host,
+                 workers=args.workers, shard=shard,
+                 allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
     return 0
 
 

@@ -452,3 +452,17 @@ def test_a_forgotten_client_is_closed_when_collected():
         del client
         gc.collect()
         assert context.closed
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_server_stops_cleanly_on_signals_even_mid_epoch(signum):
+    server = Server("shuffled")
+    client = server.client(hwm=2)
+    try:
+        next(client.get_epoch_iterator())
+        server.process.send_signal(signum)
+        assert server.process.wait(10) == 0
+        assert "server stopped" in server.process.stderr.read()
+    finally:
+        client.close()
+        server.stop()

@@ -61,6 +61,8 @@ class _Producer(threading.Thread):
         self.pipe.connect(endpoint)
 
     def emit(self, generation: int, frames: list[Any]) -> None:
+        if self.control.stop:
+            return  # shutting down; the pipe may be closed already
         self.pipe.send_multipart([str(generation).encode()] + frames,
                                  copy=False)
 
@@ -131,6 +133,21 @@ class _Producer(threading.Thread):
                            traceback=traceback.format_exc())
 
 
+def _stop_on_signals(stop: threading.Event) -> Any:
+    """Make SIGINT and SIGTERM set ``stop``; returns what restores them."""
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, lambda *_: stop.set())
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return restore
+
+
 class _Session:
     def __init__(self, identity: bytes, generation: int) -> None:
         self.identity = identity
@@ -159,8 +176,9 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
                  stop: threading.Event | None = None) -> None:
     """Serve ``data_stream`` to a :class:`ServerDataStream` over TCP.
 
-    Blocks until interrupted (Ctrl-C, SIGTERM through a handler that raises,
-    or ``stop``), then closes its sockets and context.
+    Blocks until Ctrl-C, SIGTERM (when called from the main thread, both
+    only set a flag while it serves) or ``stop``; then it stops its
+    producer thread, closes its sockets and context, and returns.
 
     Parameters
     ----------
@@ -228,6 +246,10 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
     pipe.bind(endpoint)
     control = _Control()
     producer = _Producer(data_stream, context, endpoint, control, allow_pickle)
+    # Signals only set a flag: a KeyboardInterrupt raised at an arbitrary
+    # point could leave the producer's lock held and the context unclosable.
+    stop = stop if stop is not None else threading.Event()
+    restore = _stop_on_signals(stop)
     try:
         address = f"tcp://{host}:{port}" if port else f"tcp://{host}:*"
         if ":" in host and not host.startswith("["):
@@ -247,11 +269,15 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
             ready.set()
         _serve(zmq, router, pipe, control, metadata, heartbeat, stop)
     finally:
+        restore()
         with control.cond:
             control.stop = True
             control.cond.notify_all()
         if producer.is_alive():
             producer.join(5)
+        if producer.is_alive():  # stuck in the stream's next()
+            log.warning("the producer thread is still busy; closing anyway")
+            producer.pipe.close(0)
         router.close(0)
         pipe.close(0)
         context.term()
