@@ -401,7 +401,9 @@ class Consumer:
 
     def _copy_out(self, channel: Channel, slot: int, owner: numpy.ndarray,
                   specs: Any) -> tuple[Any, ...]:
-        """The batch as owned arrays; its slot is freed at once."""
+        """The slow path: release what can be released first; if the producer
+        would still be left without a slot (or ``copy=True``), hand out
+        owned arrays and free the slot at once, else views as usual."""
         if channel.held + 1 >= channel.slots:
             self._collect()
         if not self.copy and channel.held + 1 < channel.slots:
