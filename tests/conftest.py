@@ -50,3 +50,18 @@ def no_leaks():
         child.kill()
     assert not children, f"child processes left behind: {children}"
     assert not leaked, f"/dev/shm entries left behind: {sorted(leaked)}"
+
+
+def _notify_modes() -> list[str]:
+    from shmfuel.prefetch import control
+    os.environ.pop(control.ENV, None)
+    # the control pages need x86's store order; elsewhere only sockets
+    return ["shared", "socket"] if control.mode() == "shared" else ["socket"]
+
+
+@pytest.fixture(params=_notify_modes())
+def ring_notify(request, monkeypatch):
+    """Run a test with each way a ring announces batches (see ``control``)."""
+    from shmfuel.prefetch import control
+    monkeypatch.setenv(control.ENV, request.param)
+    return request.param

@@ -21,7 +21,7 @@ from shmfuel.exceptions import (
 )
 from shmfuel.transformers import Mapping
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("ring_notify")]
 
 
 def at_batch(n, action):
@@ -125,7 +125,11 @@ def test_exception_in_with_body_stops_producers():
 def test_shared_memory_shortage_fails_with_the_fix(monkeypatch):
     from shmfuel.prefetch import ring
 
-    def no_memory(size):
+    real, consumer = ring.create_segment, os.getpid()
+
+    def no_memory(size):  # in the producer (the consumer's control page works)
+        if os.getpid() == consumer:
+            return real(size)
         raise ring.SharedMemoryError(f"cannot reserve {size} bytes; lower hwm")
     monkeypatch.setattr(ring, "create_segment", no_memory)
     with Prefetcher(sequential_stream(), start_method="fork") as prefetched:

@@ -10,7 +10,7 @@ import shmfuel.prefetch as prefetch
 from shmfuel import Prefetcher
 from shmfuel.transformers import Mapping
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("ring_notify")]
 
 
 class FakeEvent:

@@ -16,7 +16,7 @@ from shmfuel.schemes import ConstantScheme, SequentialExampleScheme, SequentialS
 from shmfuel.streams import DataStream
 from shmfuel.transformers import Batch, Mapping
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("ring_notify")]
 
 
 def serial_epochs(stream, epochs):
@@ -237,6 +237,20 @@ def test_stats():
     assert 0 <= wait["p50"] <= wait["p95"] <= wait["max"] <= wait["total"]
     assert stats["ring"]["slots"] == 4 and stats["ring"]["held"] == 0
     assert stats["producer_busy_s"][0] > 0
+
+
+def test_stats_count_batches_waiting_in_the_ring():
+    with Prefetcher(sequential_stream(n=40, batch_size=2), hwm=6) as stream:
+        epoch = stream.get_epoch_iterator()
+        first = next(epoch)
+        deadline = time.monotonic() + 10
+        while stream.stats()["ring"]["ready"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ring = stream.stats()["ring"]
+        assert ring == {"slots": 6, "ready": 5, "held": 1}
+        del first
+        assert stream.stats()["ring"]["held"] == 0
+        assert [x.tolist() for x, in epoch][:2] == [[2, 3], [4, 5]]
 
 
 def test_bad_arguments():

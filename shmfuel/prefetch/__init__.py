@@ -6,6 +6,8 @@ Prefetcher gives numpy arrays that are views of those slots. Module map:
 
 * ``layout``     slot header and message codecs (pure)
 * ``ring``       anonymous shared segments: create, map, pass
+* ``control``    each producer's control page: ring messages and freed
+                 slots in shared memory, and how each side sleeps
 * ``sharding``   splitting requests between producers (pure)
 * ``producer``   the producer process's loop
 * ``consumer``   ordered delivery, view lifetimes, recycling
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy
 
-from shmfuel.exceptions import ClosedError
+from shmfuel.exceptions import ClosedError, ShmfuelError
 from shmfuel.prefetch._lifecycle import ProducerPool
 from shmfuel.prefetch.consumer import Consumer
 from shmfuel.prefetch.sharding import why_not_shardable
@@ -213,6 +215,12 @@ class Prefetcher(AbstractDataStream):
         """
         consumer = self._consumer
         consumer._collect()
+        if consumer.broken is None and not self._closed:
+            try:
+                for channel in consumer.channels:
+                    consumer._receive(channel)  # what was sent meanwhile
+            except ShmfuelError:
+                pass  # a dead producer: the next batch raises it
         # next() calls that found a batch ready waited 0 s
         waits = numpy.zeros(max(1, consumer.delivered, len(consumer.waits)))
         waits[:len(consumer.waits)] = consumer.waits

@@ -4,7 +4,8 @@ Start
     The stream is pickled once with cloudpickle (so lambdas and classes
     defined in ``__main__`` travel; with fork, large arrays stay in the
     memory the children inherit, see ``_payload``) and handed to each
-    producer with one end of its own ``socketpair``. The start method is ``fork`` when that is
+    producer with one end of its own ``socketpair`` and, first on it, the
+    producer's control page (see ``control``). The start method is ``fork`` when that is
     safe (Linux, one thread, no CUDA context: start-up in milliseconds),
     else ``forkserver`` (or ``spawn`` where there is no forkserver); pass
     ``start_method`` to choose.
@@ -49,7 +50,7 @@ import warnings
 import weakref
 from typing import Any
 
-from shmfuel.prefetch import _payload, layout, producer
+from shmfuel.prefetch import _payload, control, layout, producer, ring
 
 GRACE_S = 1.0
 
@@ -123,6 +124,7 @@ class ProducerPool:
         _register_atexit()
         self.processes: list[Any] = []
         self.sockets: list[socket.socket] = []
+        self.controls: list[Any] = []  # control pages, or None (sockets)
         self.closed = False
         _live_pools.add(self)
         try:
@@ -137,16 +139,28 @@ class ProducerPool:
         # Without a seed, producers still must not share random streams
         # (forked children inherit the parent's): each gets its own base.
         base = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+        shared = control.mode() == "shared"
         for worker in range(workers):
             ours, theirs = socket.socketpair(socket.AF_UNIX,
                                              socket.SOCK_STREAM)
             self.sockets.append(ours)
+            if shared:  # the producer's first message: its control page
+                fd, page = control.create(slots[worker])
+                try:
+                    ring.send_segment(ours, layout.encode_message(
+                        layout.MSG_CONTROL, slots[worker], len(page)), fd)
+                finally:
+                    os.close(fd)
+                self.controls.append(page)
+            else:
+                self.controls.append(None)
             close_fds = ([s.fileno() for s in self.sockets]
                          if self.start_method == "fork" else [])
             process = context.Process(
                 target=producer.main, name=f"shmfuel-producer-{worker}",
                 args=(payload, theirs, worker, workers, slots[worker],
-                      os.getpid(), close_fds, base, seed is not None))
+                      os.getpid(), close_fds, base, seed is not None,
+                      shared))
             process.start()
             theirs.close()
             self.processes.append(process)

@@ -2,8 +2,11 @@
 
 Data flow, in the training process::
 
+    control page of w    -> MSG_READY / MSG_END / MSG_ERROR: inbox[w]
     socket of producer w -> MSG_SEGMENT: map the new segment of a slot
-                         -> MSG_READY / MSG_END / MSG_ERROR: inbox[w]
+                            (before the MSG_READY naming its size), an
+                            error's payload, MSG_WAKE; with no control
+                            page (see ``control.mode``), the messages too
     next batch g of the epoch: producer g % workers, in turn
       MSG_READY(slot) -> numpy views of the slot (every view's ``base`` is
                          the slot's ``owner``, a uint8 array over it)
@@ -11,7 +14,7 @@ Data flow, in the training process::
                          message must be its MSG_END too
       MSG_ERROR       -> re-raise the pipeline's exception, for good
     owner referenced by us alone again (its reference count, checked every
-    few calls and before waiting) -> MSG_FREE(slot) to producer w
+    few calls and before waiting) -> slot to producer w's free queue
 
 Views stay valid as long as any of them is referenced: a slot is written
 again only after the consumer sent MSG_FREE for it, and that happens only
@@ -45,7 +48,7 @@ from shmfuel.exceptions import (
     RemoteTraceback,
     ShmfuelError,
 )
-from shmfuel.prefetch import layout, ring
+from shmfuel.prefetch import control, layout, ring
 from shmfuel.prefetch._lifecycle import ProducerPool, describe_exit
 
 _EMPTY = b""
@@ -53,21 +56,31 @@ _FIXED, _MAGIC, _META = layout.FIXED, layout.MAGIC, layout.FIXED.size
 _READY, _ARRAY = layout.MSG_READY, layout.ARRAY
 _ndarray = numpy.ndarray
 _loads = pickle.loads
+_WAKE = layout.encode_message(layout.MSG_WAKE)
 
 
 class Channel:
     """What the consumer knows of one producer."""
 
     def __init__(self, worker: int, sock: socket.socket, process: Any,
-                 slots: int) -> None:
+                 slots: int, page: Any = None) -> None:
         self.worker = worker
+        self.control = (None if page is None
+                        else control.ControlPage(page, slots))
+        self.sizes = [0] * slots  # of each slot's segment
+        self.errors: collections.deque[bytes] = collections.deque()
         self.sock = sock
         self.process = process
         self.slots = slots
         self.maps: list[mmap.mmap | None] = [None] * slots
         self.owners: list[Any] = [None] * slots
+        # per slot: (specs, template arrays or None per source, all arrays)
+        self.templates: list[Any] = [None] * slots
         self.viewed: list[int] = []  # slots whose views may be out
-        self.free_refs = 0  # refcount of an owner nobody else holds
+        self.base_refs = 0  # refcount of a fresh owner
+        self.free_refs = [0] * slots  # refcount of an owner nobody else holds
+        self.free_messages = [layout.encode_message(layout.MSG_FREE, slot)
+                              for slot in range(slots)]
         self.inbox: collections.deque[tuple[int, Any]] = collections.deque()
         self.pending = _EMPTY
         self.fds: collections.deque[int] = collections.deque()
@@ -82,8 +95,10 @@ class Consumer:
     def __init__(self, pool: ProducerPool, slots: list[int], copy: bool,
                  timeout: float | None, pinning: Any = None) -> None:
         self.pool = pool
-        self.channels = [Channel(w, s, p, n) for w, (s, p, n) in enumerate(
-            zip(pool.sockets, pool.processes, slots))]
+        self.channels = [Channel(w, s, p, n, c) for w, (s, p, n, c) in
+                         enumerate(zip(pool.sockets, pool.processes, slots,
+                                       pool.controls))]
+        self.backstop = control.BACKSTOP_S
         self.copy = copy
         self.timeout = timeout
         self.pinning = pinning
@@ -107,6 +122,35 @@ class Consumer:
 
     # -- receiving -----------------------------------------------------------
     def _receive(self, channel: Channel) -> None:
+        """Move what ``channel``'s producer sent into its inbox."""
+        page = channel.control
+        if page is None:
+            self._receive_socket(channel)
+            return
+        inbox = channel.inbox
+        for kind, slot, value in page.pop_messages():
+            if kind == _READY:
+                if channel.sizes[slot] != value:  # MSG_SEGMENT came first
+                    self._sync(channel, lambda s=slot, v=value: channel.sizes[s] == v)
+                inbox.append((kind, slot))
+            elif kind == layout.MSG_ERROR:  # its payload came first
+                self._sync(channel, lambda: bool(channel.errors))
+                inbox.append((kind, channel.errors.popleft()))
+            else:
+                inbox.append((kind, value))
+
+    def _sync(self, channel: Channel, done: Any) -> None:
+        """Receive from ``channel``'s socket until ``done()``."""
+        while True:
+            self._receive_socket(channel)
+            if done():
+                return
+            ready = select.select([channel.sock, channel.process.sentinel],
+                                  [], [], 1.0)[0]
+            if channel.sock not in ready and ready:
+                self._died(channel)
+
+    def _receive_socket(self, channel: Channel) -> None:
         try:
             received = ring.receive_nowait(channel.sock, 1 << 16, 64)
         except OSError:
@@ -131,10 +175,17 @@ class Consumer:
                         self.pinning.unregister(channel.maps[slot])
                     self.pinning.register(mapping)
                 channel.maps[slot] = mapping
+                channel.sizes[slot] = value
                 channel.owners[slot] = numpy.frombuffer(mapping, numpy.uint8)
-                channel.free_refs = getrefcount(channel.owners[slot])
+                channel.templates[slot] = None
+                channel.base_refs = getrefcount(channel.owners[slot])
+                channel.free_refs[slot] = channel.base_refs
             elif kind == layout.MSG_READY:
                 channel.inbox.append((kind, slot))
+            elif kind == layout.MSG_WAKE:
+                pass
+            elif kind == layout.MSG_ERROR and channel.control is not None:
+                channel.errors.append(value)
             else:
                 channel.inbox.append((kind, value))
 
@@ -169,6 +220,19 @@ class Consumer:
             raise exc
         if self.in_flight:
             timeout = 0.001 if timeout is None else min(timeout, 0.001)
+        page = channel.control
+        if page is not None:
+            # the batch is often microseconds away: look again for a while
+            until = perf_counter() + control.SPIN_S
+            while perf_counter() < until:
+                if page.messages_waiting():
+                    return
+            page.fall_asleep(control.CONSUMER_ASLEEP)
+            if page.messages_waiting():
+                page.wake_up(control.CONSUMER_ASLEEP)
+                return
+            timeout = (self.backstop if timeout is None
+                       else min(timeout, self.backstop))
         if self.poller is None:
             self.poller = select.poll()
             for c in self.channels:
@@ -178,10 +242,16 @@ class Consumer:
             self.by_sentinel = {c.process.sentinel: c for c in self.channels}
         ready = self.poller.poll(None if timeout is None
                                  else max(0, int(timeout * 1000) + 1))
+        if page is not None:
+            page.wake_up(control.CONSUMER_ASLEEP)
+            if page.messages_waiting():
+                self.backstop = control.BACKSTOP_S
+            elif not ready:
+                self.backstop = min(2 * self.backstop, control.BACKSTOP_MAX_S)
         dead = []
         for fd, _ in ready:
             if fd in self.by_fd:
-                self._receive(self.by_fd[fd])
+                self._receive_socket(self.by_fd[fd])
             else:
                 dead.append(self.by_sentinel[fd])
         for other in dead:
@@ -216,7 +286,7 @@ class Consumer:
             owners, free_refs = channel.owners, channel.free_refs
             out = []
             for slot in channel.viewed:
-                if getrefcount(owners[slot]) > free_refs:
+                if getrefcount(owners[slot]) > free_refs[slot]:
                     out.append(slot)
                 elif self.pinning is not None:
                     self.in_flight.append((self.pinning.record(),
@@ -241,9 +311,18 @@ class Consumer:
     def _flush(self) -> None:
         self.to_free = 0
         for channel in self.channels:
-            if channel.to_free:
-                message = b"".join(layout.encode_message(layout.MSG_FREE, s)
-                                   for s in channel.to_free)
+            page = channel.control
+            if page is not None and channel.to_free:
+                page.push_frees(channel.to_free)
+                channel.to_free = []
+                if page.needs_waking(control.PRODUCER_ASLEEP):
+                    try:
+                        channel.sock.send(_WAKE)
+                    except OSError:
+                        pass
+            elif channel.to_free:
+                messages = channel.free_messages
+                message = b"".join([messages[s] for s in channel.to_free])
                 channel.to_free = []
                 try:
                     channel.sock.sendall(message)
@@ -357,22 +436,51 @@ class Consumer:
         owner = channel.owners[slot]
         if self.copy or channel.held + 1 >= channel.slots:
             return self._finish(self._copy_out(channel, slot, owner, specs))
+        cached = channel.templates[slot]
+        if cached is None or cached[0] is not specs:
+            cached = self._templates(channel, slot, owner, specs)
+        templates = cached[1]
+        if cached[2]:  # arrays only: the common case
+            if len(templates) == 1:
+                batch: tuple[Any, ...] = (templates[0].view(),)
+            else:
+                batch = tuple([template.view() for template in templates])
+            channel.held += 1
+            channel.viewed.append(slot)
+            return self._finish(batch)
         values: list[Any] = []
-        has_view = False
-        for source_kind, dtype, shape, offset, nbytes in specs:
-            if source_kind == _ARRAY:
-                values.append(_ndarray(shape, dtype, buffer=owner,
-                                       offset=offset))
-                has_view = True
+        for template, (_, _, _, offset, nbytes) in zip(templates, specs):
+            if template is not None:
+                values.append(template.view())
             else:
                 values.append(_loads(owner[offset:offset + nbytes].data))
-        if has_view:
+        if any(template is not None for template in templates):
             channel.held += 1
             channel.viewed.append(slot)
         else:
             channel.to_free.append(slot)
             self.to_free += 1
         return self._finish(tuple(values))
+
+    @staticmethod
+    def _templates(channel: Channel, slot: int, owner: numpy.ndarray,
+                   specs: Any) -> Any:
+        """Arrays over the slot for its current layout, kept by the consumer.
+
+        Each delivery hands out ``template.view()`` (a tenth of the cost of
+        a new ``ndarray`` over the buffer); every view's ``base`` is still
+        ``owner``. The templates' own references to ``owner`` are part of
+        the count at which the slot is free again.
+        """
+        templates = tuple(
+            _ndarray(shape, dtype, buffer=owner, offset=offset)
+            if kind == _ARRAY else None
+            for kind, dtype, shape, offset, _ in specs)
+        arrays = sum(template is not None for template in templates)
+        cached = channel.templates[slot] = (specs, templates,
+                                            arrays == len(templates))
+        channel.free_refs[slot] = channel.base_refs + arrays
+        return cached
 
     def _finish(self, batch: tuple[Any, ...]) -> tuple[Any, ...]:
         if self.to_free >= self.flush_at:

@@ -13,9 +13,11 @@ fixed-size dtype; read back as a view) or PICKLED (anything else: lists,
 object or structured arrays, scalars, ndarray subclasses; read back equal
 and of the same type). Nothing is ever converted silently.
 
-The producer and the consumer also talk over a socket in fixed 16-byte
-messages ``<IIQ`` (type, a, b); ``MSG_ERROR`` is followed by ``b`` bytes
-of payload, ``MSG_SEGMENT`` carries a file descriptor. The kind of each
+The producer and the consumer also exchange fixed 16-byte messages
+``<IIQ`` (type, a, b), through the producer's control page (see
+``control``) or over its socket; ``MSG_ERROR`` is followed by ``b`` bytes
+of payload and ``MSG_SEGMENT`` carries a file descriptor, on the socket
+either way. The kind of each
 item of a producer's sequence travels there, in order: a batch
 (``MSG_READY`` naming its slot), the end of an epoch (``MSG_END``), or an
 error (``MSG_ERROR``); only batches occupy a slot, so an end or an error
@@ -51,6 +53,10 @@ MSG_ERROR = 4      # b=payload length: the pipeline raised; payload follows
 MSG_FREE = 5       # a=slot: the consumer no longer reads the slot
 MSG_START = 6      # b=epoch: the consumer started this epoch
 MSG_STOP = 7       # shut down
+MSG_CONTROL = 8    # a=slots, b=size: the control page (fd attached; first)
+# either way
+MSG_WAKE = 9       # look at the control page (see ``control``)
+_LAST = MSG_WAKE
 MESSAGE = struct.Struct("<IIQ")
 
 
@@ -221,7 +227,7 @@ def decode_messages(data: bytes) -> tuple[list[tuple[int, int, Any]], bytes]:
     size = MESSAGE.size
     whole = len(data) - len(data) % size
     messages = list(MESSAGE.iter_unpack(data[:whole]))
-    if all(MSG_READY <= kind <= MSG_STOP and kind != MSG_ERROR
+    if all(MSG_READY <= kind <= _LAST and kind != MSG_ERROR
            for kind, _, _ in messages):
         return messages, data[whole:]
     # An error (with its payload) or garbage: go message by message.
@@ -236,7 +242,7 @@ def decode_messages(data: bytes) -> tuple[list[tuple[int, int, Any]], bytes]:
                                            position + size + b]))
             position += size + b
             continue
-        if not MSG_READY <= kind <= MSG_STOP:
+        if not MSG_READY <= kind <= _LAST:
             raise ValueError(f"unknown ring message type {kind}")
         messages.append((kind, a, b))
         position += size

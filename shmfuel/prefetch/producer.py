@@ -4,11 +4,15 @@ Data flow of one producer (``worker`` of ``workers``)::
 
     stream (unpickled copy, its scheme sharded)
       -> next(epoch iterator)                 the user's pipeline runs here
-      -> wait for a free slot of our own      (MSG_FREE from the consumer)
+      -> wait for a free slot of our own      (freed by the consumer)
       -> grow the slot if the batch is larger (new segment, MSG_SEGMENT + fd)
       -> write header + sources into it
-      -> MSG_READY(slot)                      in order, over our socket
+      -> MSG_READY(slot, size)                in order, on our control page
     end of epoch -> MSG_END(epoch); an exception -> MSG_ERROR(traceback)
+
+Without a control page (``control.mode()`` is ``'socket'``), the messages
+go over our socket, READYs in bursts, and freed slots come back there as
+MSG_FREE.
 
 It never runs ahead of the consumer by more than its slots, nor by more
 than one epoch (it starts epoch ``e + 1`` only once the consumer has
@@ -35,10 +39,11 @@ from typing import Any
 
 import numpy
 
-from shmfuel.prefetch import _payload, layout, ring
+from shmfuel.prefetch import _payload, control, layout, ring
 from shmfuel.prefetch.sharding import shard
 
 POLL_S = 0.5
+_WAKE = layout.encode_message(layout.MSG_WAKE)
 
 
 class _Stop(Exception):
@@ -80,15 +85,51 @@ class Producer:
         self.headers: list[bytes | None] = [None] * slots  # last layout
         self.ready_messages = [layout.encode_message(layout.MSG_READY, slot)
                                for slot in range(slots)]
+        self.control: control.ControlPage | None = None
+        self.backstop = control.BACKSTOP_S
+        self.alive_checked = time.monotonic()
 
     # -- control channel -------------------------------------------------
     def poll(self, timeout: float) -> None:
-        """Handle the consumer's messages, waiting up to ``timeout`` s."""
+        """Handle the consumer's messages, waiting up to ``timeout`` s.
+
+        With a control page, freed slots are taken from it first, and a
+        wait is bounded by the backstop (see ``control``).
+        """
+        page = self.control
+        if page is not None:
+            frees = page.pop_frees()
+            if frees:
+                self.free.extend(frees)
+                self.backstop = control.BACKSTOP_S
+                if timeout > 0:  # the wait is over; the socket can wait
+                    return
+            elif timeout > 0:
+                page.fall_asleep(control.PRODUCER_ASLEEP)
+                frees = page.pop_frees()
+                if frees:
+                    page.wake_up(control.PRODUCER_ASLEEP)
+                    self.free.extend(frees)
+                    timeout = 0
+                else:
+                    timeout = min(timeout, self.backstop)
         if timeout > 0:
             readable, _, _ = select.select([self.sock], [], [], timeout)
+            if page is not None:
+                page.wake_up(control.PRODUCER_ASLEEP)
+                frees = page.pop_frees()
+                if frees:
+                    self.free.extend(frees)
+                    self.backstop = control.BACKSTOP_S
+                elif not readable:
+                    self.backstop = min(2 * self.backstop,
+                                        control.BACKSTOP_MAX_S)
             if not readable:
-                if not _consumer_alive(self.consumer_pid):
-                    raise _Stop
+                now = time.monotonic()
+                if now - self.alive_checked >= POLL_S:
+                    self.alive_checked = now
+                    if not _consumer_alive(self.consumer_pid):
+                        raise _Stop
                 return
         try:
             data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
@@ -107,6 +148,18 @@ class Producer:
             elif kind == layout.MSG_STOP:
                 raise _Stop
 
+    def publish(self, kind: int, a: int = 0, b: int = 0) -> None:
+        """Append a ring message for the consumer (page or socket)."""
+        page = self.control
+        if page is None:
+            self.pending.append(layout.encode_message(kind, a, b))
+            self.flush()
+            return
+        while not page.push_message(kind, a, b):  # full: the consumer lags
+            self.poll(POLL_S)
+        if page.needs_waking(control.CONSUMER_ASLEEP):
+            self.send(_WAKE)
+
     def send(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
@@ -115,6 +168,11 @@ class Producer:
 
     def acquire(self, epoch: int) -> int | None:
         """A free slot, or None if the consumer left this epoch meanwhile."""
+        page = self.control
+        if page is not None:  # a slot is often freed within microseconds
+            until = time.perf_counter() + control.SPIN_S
+            while not page.frees_waiting() and time.perf_counter() < until:
+                pass
         while not self.free:
             self.poll(POLL_S)
             if self.consumer_epoch > epoch:
@@ -174,8 +232,10 @@ class Producer:
         else:
             layout.stamp(mapping, header, seq, epoch, self.busy_ns)
             self.headers[slot] = header
+        # the signature matched, so dtypes and shapes are equal: a plain
+        # copy (item assignment costs a third of numpy.copyto here)
         for target, value in zip(targets, batch):
-            numpy.copyto(target, value, casting="no")
+            target[...] = value
 
     def ready(self, slot: int, slow: bool) -> None:
         """Publish a slot; READY messages are sent in bursts.
@@ -184,9 +244,16 @@ class Producer:
         system call), a slow pipeline's at once, and all pending ones before
         this producer waits for anything.
         """
-        self.pending.append(self.ready_messages[slot])
-        if slow or len(self.pending) >= self.burst:
-            self.flush()
+        page = self.control
+        if page is None:
+            self.pending.append(self.ready_messages[slot])
+            if slow or len(self.pending) >= self.burst:
+                self.flush()
+            return
+        if not page.push_message(layout.MSG_READY, slot, self.capacity[slot]):
+            self.publish(layout.MSG_READY, slot, self.capacity[slot])
+        elif page.needs_waking(control.CONSUMER_ASLEEP):
+            self.send(_WAKE)
 
     def flush(self) -> None:
         if self.pending:
@@ -206,6 +273,8 @@ class Producer:
             except BaseException as exc:
                 self.flush()
                 self.send(layout.encode_error(exc, traceback.format_exc()))
+                if self.control is not None:  # its place among the batches
+                    self.publish(layout.MSG_ERROR)
             while True:
                 self.poll(POLL_S)
         except _Stop:
@@ -227,7 +296,8 @@ class Producer:
                 # Look at the consumer's messages (a new epoch abandons this
                 # one) before every slow step, every 32 fast ones, and
                 # whenever no slot is free.
-                if last_ns >= slow_ns or not seq % 32 or not self.free:
+                if last_ns >= slow_ns or not seq % 32 or (
+                        not self.free and self.control is None):
                     self.poll(0)
                     if self.consumer_epoch > epoch:
                         break
@@ -247,6 +317,9 @@ class Producer:
                 last_ns = clock() - started
                 if self.free:
                     slot = self.free.popleft()
+                elif self.control is not None and self.control.frees_waiting():
+                    self.free.extend(self.control.pop_frees())
+                    slot = self.free.popleft()
                 else:
                     self.flush()
                     acquired = self.acquire(epoch)
@@ -259,7 +332,7 @@ class Producer:
                 self.ready(slot, last_ns >= slow_ns)
                 seq += 1
             self.flush()
-            self.send(layout.encode_message(layout.MSG_END, 0, epoch))
+            self.publish(layout.MSG_END, 0, epoch)
             epoch += 1
 
 
@@ -273,6 +346,20 @@ def _check_batch(batch: Any, sources: tuple[str, ...]) -> None:
                          f"{len(sources)} sources {sources}")
 
 
+def _receive_control(sock: socket.socket, slots: int) -> Any:
+    """The control page the consumer sent before starting us."""
+    data, fds, _, _ = socket.recv_fds(sock, layout.MESSAGE.size, 1)
+    kind, _, size = layout.MESSAGE.unpack(data)
+    if kind != layout.MSG_CONTROL or len(fds) != 1:
+        raise RuntimeError("the consumer's first message was not the "
+                           "control page")
+    try:
+        mapping = ring.map_segment(fds[0], size)
+    finally:
+        os.close(fds[0])
+    return control.ControlPage(mapping, slots)
+
+
 def seed_globals(*key: int) -> None:
     """Seed ``random`` and numpy's global generator from ``key``."""
     seeds = numpy.random.SeedSequence(list(key)).generate_state(2)
@@ -282,7 +369,7 @@ def seed_globals(*key: int) -> None:
 
 def main(payload: bytes, sock: socket.socket, worker: int, workers: int,
          slots: int, consumer_pid: int, close_fds: list[int], seed: int,
-         per_batch: bool) -> None:
+         per_batch: bool, shared: bool = False) -> None:
     """Entry point of a producer process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close_fds:
@@ -293,4 +380,6 @@ def main(payload: bytes, sock: socket.socket, worker: int, workers: int,
     seed_globals(seed, worker)
     producer = Producer(sock, worker, workers, slots, consumer_pid)
     producer.seed = seed if per_batch else None
+    if shared:
+        producer.control = _receive_control(sock, slots)
     producer.run(payload)

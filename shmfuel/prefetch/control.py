@@ -1,0 +1,203 @@
+"""A producer's control page: its ring's notifications in shared memory.
+
+Batches are announced without system calls: the producer appends ring
+messages (``layout.MESSAGE``: MSG_READY, MSG_END, MSG_ERROR) to a queue in
+a shared page and the consumer appends the slots it frees to another. Each
+queue has one writer and one reader, and each side only ever advances its
+own counter, so no locks are needed. Counters and flags are native 8-byte words, each
+read and written with one aligned access (through a ``memoryview`` cast:
+``struct.pack_into`` zeroes its target before it writes the bytes, so a
+reader could see a counter fall to 0)::
+
+    offset   0  messages written  (u64, producer)
+    offset  64  messages read     (u64, consumer)
+    offset 128  frees written     (u64, consumer)
+    offset 192  frees read        (u64, producer)
+    offset 256  consumer asleep   (u64: set by the consumer, cleared by
+                                   the producer when it wakes it)
+    offset 320  producer asleep   (u64: the same, the other way)
+    offset 384  messages          ``capacity`` x 16 bytes
+    then        frees             ``slots`` x u32 (a slot is freed at most
+                                   once per MSG_READY, so they always fit)
+
+What cannot live in the page still goes over the producer's socket, in
+order with the page: a new slot segment (MSG_SEGMENT with its file
+descriptor) is sent before the MSG_READY that names its size, and an
+exception's payload before the MSG_ERROR that stands for it.
+
+Waiting: a side with nothing to read looks again for ``SPIN_S``, then sets
+its "asleep" flag, looks once more, and blocks on its socket (and the
+producers' sentinels). The other side, after writing, sends MSG_WAKE over
+the socket if it finds the flag set. Each side's flag store is followed by
+a full memory barrier (a lock operation) before it looks again; the
+writer's store-then-look has none (it would cost every batch), so a wake
+may rarely be missed: blocking is therefore always bounded (``BACKSTOP_S``,
+doubling up to ``BACKSTOP_MAX_S``) and the queue looked at again.
+
+Writes must become visible in program order (data before the counter that
+publishes it), which x86 guarantees; elsewhere (ARM, POWER) Python offers no
+barrier that orders plain stores, so there the messages travel over the
+socket as a byte stream, whose system calls order memory (see ``mode``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import struct
+import threading
+from typing import Any
+
+from shmfuel.prefetch import layout, ring
+
+SLOT = struct.Struct("<I")
+ENTRY = layout.MESSAGE
+
+# indexes of 8-byte words
+MESSAGES_WRITTEN = 0
+MESSAGES_READ = 8
+FREES_WRITTEN = 16
+FREES_READ = 24
+CONSUMER_ASLEEP = 32
+PRODUCER_ASLEEP = 40
+ENTRIES = 384  # bytes
+SPARE = 16  # message entries beyond one per slot (ends, errors)
+
+SPIN_S = 50e-6
+BACKSTOP_S = 0.001
+BACKSTOP_MAX_S = 0.05
+
+_TSO = ("x86_64", "amd64", "i386", "i686", "x86")
+ENV = "SHMFUEL_RING_NOTIFY"
+
+
+def mode() -> str:
+    """``'shared'`` (control pages) or ``'socket'`` (messages on sockets).
+
+    Shared where stores are seen in order (x86); ``SHMFUEL_RING_NOTIFY``
+    overrides it.
+    """
+    chosen = os.environ.get(ENV, "").strip().lower()
+    if chosen in ("shared", "socket"):
+        return chosen
+    if chosen:
+        raise ValueError(f"{ENV} must be 'shared' or 'socket', got "
+                         f"{chosen!r}; unset it to choose by platform")
+    return "shared" if platform.machine().lower() in _TSO else "socket"
+
+
+_barrier_lock = threading.Lock()
+
+
+def barrier() -> None:
+    """A full memory barrier (a locked instruction on x86)."""
+    _barrier_lock.acquire()
+    _barrier_lock.release()
+
+
+def page_size(slots: int) -> int:
+    return ring.round_up(ENTRIES + (slots + SPARE) * ENTRY.size
+                         + slots * SLOT.size)
+
+
+class ControlPage:
+    """One side's handle on a control page (``buffer``, writable)."""
+
+    def __init__(self, buffer: Any, slots: int) -> None:
+        if len(buffer) < page_size(slots):
+            raise ValueError(f"a control page for {slots} slots needs "
+                             f"{page_size(slots)} bytes, got {len(buffer)}")
+        self.buffer = buffer
+        self.words = words = memoryview(buffer).cast("Q")
+        self.slots = slots
+        self.capacity = slots + SPARE
+        self.frees_at = ENTRIES + self.capacity * ENTRY.size
+        # each side's own counters, mirrored here
+        self.messages_written = words[MESSAGES_WRITTEN]
+        self.messages_read = words[MESSAGES_READ]
+        self.frees_written = words[FREES_WRITTEN]
+        self.frees_read = words[FREES_READ]
+
+    # -- producer -> consumer ----------------------------------------------
+    def push_message(self, kind: int, a: int = 0, b: int = 0) -> bool:
+        """Append a message; False if the queue is full (nothing written)."""
+        words, written = self.words, self.messages_written
+        if written - words[MESSAGES_READ] >= self.capacity:
+            return False
+        ENTRY.pack_into(self.buffer, ENTRIES + written % self.capacity * 16,
+                        kind, a, b)
+        self.messages_written = words[MESSAGES_WRITTEN] = written + 1
+        return True
+
+    def messages_waiting(self) -> bool:
+        return bool(self.words[MESSAGES_WRITTEN] != self.messages_read)
+
+    def pop_messages(self) -> list[tuple[int, int, int]]:
+        """Every message written and not yet read, in order."""
+        buffer, read = self.buffer, self.messages_read
+        written = self.words[MESSAGES_WRITTEN]
+        if written == read:
+            return []
+        if not 0 < written - read <= self.capacity:
+            raise ValueError(f"corrupt control page: {written} messages "
+                             f"written, {read} read")
+        capacity, unpack = self.capacity, ENTRY.unpack_from
+        messages = [unpack(buffer, ENTRIES + n % capacity * 16)
+                    for n in range(read, written)]
+        self.messages_read = self.words[MESSAGES_READ] = written
+        return messages
+
+    # -- consumer -> producer ----------------------------------------------
+    def push_frees(self, slots: list[int]) -> None:
+        buffer, written, capacity = self.buffer, self.frees_written, self.slots
+        if written + len(slots) - self.words[FREES_READ] > capacity:
+            raise ValueError("more slots freed than the producer has: a "
+                             "slot was freed twice")
+        for slot in slots:
+            SLOT.pack_into(buffer, self.frees_at + written % capacity * 4,
+                           slot)
+            written += 1
+        self.frees_written = self.words[FREES_WRITTEN] = written
+
+    def pop_frees(self) -> list[int]:
+        buffer, read = self.buffer, self.frees_read
+        written = self.words[FREES_WRITTEN]
+        if written == read:
+            return []
+        capacity, at, unpack = self.slots, self.frees_at, SLOT.unpack_from
+        frees = [unpack(buffer, at + n % capacity * 4)[0]
+                 for n in range(read, written)]
+        self.frees_read = self.words[FREES_READ] = written
+        return frees
+
+    def frees_waiting(self) -> bool:
+        return bool(self.words[FREES_WRITTEN] != self.frees_read)
+
+    # -- sleeping ------------------------------------------------------------
+    def fall_asleep(self, flag: int) -> None:
+        """Set our flag (CONSUMER_ASLEEP or PRODUCER_ASLEEP), then a barrier:
+        the caller must look at its queue once more before blocking."""
+        self.words[flag] = 1
+        barrier()
+
+    def wake_up(self, flag: int) -> None:
+        self.words[flag] = 0
+
+    def needs_waking(self, flag: int) -> bool:
+        """Whether the other side sleeps (its flag, cleared here if set)."""
+        words = self.words
+        if words[flag]:
+            words[flag] = 0
+            return True
+        return False
+
+
+def create(slots: int) -> tuple[int, Any]:
+    """A new zeroed control page: its file descriptor and a mapping."""
+    size = page_size(slots)
+    fd = ring.create_segment(size)
+    try:
+        return fd, ring.map_segment(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise

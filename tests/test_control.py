@@ -1,0 +1,109 @@
+"""The control page's queues and flags, without processes."""
+
+from __future__ import annotations
+
+import mmap
+
+import pytest
+
+from shmfuel.prefetch import control, layout
+
+
+def pages(slots=4):
+    """Two sides' handles on one page, as producer and consumer hold them."""
+    buffer = mmap.mmap(-1, control.page_size(slots))
+    return control.ControlPage(buffer, slots), control.ControlPage(buffer, slots)
+
+
+def test_messages_arrive_in_order_across_many_wraps():
+    producer, consumer = pages(slots=3)
+    sent, received = [], []
+    for n in range(200):
+        message = (layout.MSG_READY, n % 3, 4096 * (n % 5 + 1))
+        assert producer.push_message(*message)
+        sent.append(message)
+        if n % 7 == 6:
+            received += consumer.pop_messages()
+    received += consumer.pop_messages()
+    assert received == sent
+    assert consumer.pop_messages() == []
+    assert not consumer.messages_waiting()
+
+
+def test_a_full_message_queue_refuses_and_writes_nothing():
+    producer, consumer = pages(slots=2)
+    capacity = 2 + control.SPARE
+    for n in range(capacity):
+        assert producer.push_message(layout.MSG_END, 0, n)
+    assert not producer.push_message(layout.MSG_END, 0, 999)
+    assert consumer.messages_waiting()
+    assert [b for _, _, b in consumer.pop_messages()] == list(range(capacity))
+    assert producer.push_message(layout.MSG_END, 0, 999)
+    assert consumer.pop_messages() == [(layout.MSG_END, 0, 999)]
+
+
+def test_frees_arrive_in_order_and_a_double_free_is_refused():
+    producer, consumer = pages(slots=4)
+    assert not producer.frees_waiting()
+    consumer.push_frees([2, 0])
+    assert producer.frees_waiting()
+    consumer.push_frees([3])
+    assert producer.pop_frees() == [2, 0, 3]
+    assert producer.pop_frees() == []
+    for _ in range(10):  # wrap around
+        consumer.push_frees([1, 2, 3, 0])
+        assert producer.pop_frees() == [1, 2, 3, 0]
+    consumer.push_frees([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="freed twice"):
+        consumer.push_frees([0])
+
+
+def test_a_corrupt_counter_is_an_error_not_garbage():
+    producer, consumer = pages(slots=2)
+    producer.words[control.MESSAGES_WRITTEN] = 10**6
+    with pytest.raises(ValueError, match="corrupt control page"):
+        consumer.pop_messages()
+
+
+def test_asleep_flags_are_cleared_by_the_side_that_wakes():
+    producer, consumer = pages()
+    assert not producer.needs_waking(control.CONSUMER_ASLEEP)
+    consumer.fall_asleep(control.CONSUMER_ASLEEP)
+    assert producer.needs_waking(control.CONSUMER_ASLEEP)
+    assert not producer.needs_waking(control.CONSUMER_ASLEEP)  # once
+    producer.fall_asleep(control.PRODUCER_ASLEEP)
+    producer.wake_up(control.PRODUCER_ASLEEP)
+    assert not consumer.needs_waking(control.PRODUCER_ASLEEP)
+
+
+def test_a_new_handle_continues_from_the_counters_in_the_page():
+    producer, consumer = pages()
+    producer.push_message(layout.MSG_READY, 1, 4096)
+    consumer.pop_messages()
+    producer.push_message(layout.MSG_READY, 2, 4096)
+    again = control.ControlPage(consumer.buffer, 4)
+    assert again.pop_messages() == [(layout.MSG_READY, 2, 4096)]
+
+
+def test_a_page_too_small_is_refused():
+    with pytest.raises(ValueError, match="needs"):
+        control.ControlPage(bytearray(64), 4)
+
+
+def test_mode_follows_the_environment(monkeypatch):
+    monkeypatch.setenv(control.ENV, "socket")
+    assert control.mode() == "socket"
+    monkeypatch.setenv(control.ENV, " Shared ")
+    assert control.mode() == "shared"
+    monkeypatch.setenv(control.ENV, "pipes")
+    with pytest.raises(ValueError, match="must be 'shared' or 'socket'"):
+        control.mode()
+    monkeypatch.delenv(control.ENV)
+    assert control.mode() in ("shared", "socket")
+
+
+def test_wake_messages_decode():
+    messages, rest = layout.decode_messages(
+        layout.encode_message(layout.MSG_WAKE) * 2 + b"\x01")
+    assert messages == [(layout.MSG_WAKE, 0, 0)] * 2
+    assert rest == b"\x01"
