@@ -99,6 +99,7 @@ class Consumer:
                          enumerate(zip(pool.sockets, pool.processes, slots,
                                        pool.controls))]
         self.backstop = control.BACKSTOP_S
+        self.spin_s = control.spin_s(len(self.channels))
         self.copy = copy
         self.timeout = timeout
         self.pinning = pinning
@@ -223,7 +224,7 @@ class Consumer:
         page = channel.control
         if page is not None:
             # the batch is often microseconds away: look again for a while
-            until = perf_counter() + control.SPIN_S
+            until = perf_counter() + self.spin_s
             while perf_counter() < until:
                 if page.messages_waiting():
                     return

@@ -25,7 +25,8 @@ order with the page: a new slot segment (MSG_SEGMENT with its file
 descriptor) is sent before the MSG_READY that names its size, and an
 exception's payload before the MSG_ERROR that stands for it.
 
-Waiting: a side with nothing to read looks again for ``SPIN_S``, then sets
+Waiting: a side with nothing to read looks again for ``SPIN_S`` (only when
+every process has a CPU of its own: see ``spin_s``), then sets
 its "asleep" flag, looks once more, and blocks on its socket (and the
 producers' sentinels). The other side, after writing, sends MSG_WAKE over
 the socket if it finds the flag set. Each side's flag store is followed by
@@ -93,6 +94,19 @@ def barrier() -> None:
     """A full memory barrier (a locked instruction on x86)."""
     _barrier_lock.acquire()
     _barrier_lock.release()
+
+
+def spin_s(workers: int) -> float:
+    """How long to look again before sleeping, with ``workers`` producers.
+
+    Spinning only pays when the consumer and every producer have a CPU each;
+    otherwise it takes the CPU from the very process being waited for.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        cpus = os.cpu_count() or 1
+    return SPIN_S if workers + 1 <= cpus else 0.0
 
 
 def page_size(slots: int) -> int:

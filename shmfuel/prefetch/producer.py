@@ -87,6 +87,7 @@ class Producer:
                                for slot in range(slots)]
         self.control: control.ControlPage | None = None
         self.backstop = control.BACKSTOP_S
+        self.spin_s = control.spin_s(workers)
         self.alive_checked = time.monotonic()
 
     # -- control channel -------------------------------------------------
@@ -169,8 +170,8 @@ class Producer:
     def acquire(self, epoch: int) -> int | None:
         """A free slot, or None if the consumer left this epoch meanwhile."""
         page = self.control
-        if page is not None:  # a slot is often freed within microseconds
-            until = time.perf_counter() + control.SPIN_S
+        if page is not None and self.spin_s:  # often freed within microseconds
+            until = time.perf_counter() + self.spin_s
             while not page.frees_waiting() and time.perf_counter() < until:
                 pass
         while not self.free:
@@ -282,6 +283,7 @@ class Producer:
 
     def produce(self, stream: Any) -> None:
         sources = tuple(stream.sources)
+        n_sources = len(sources)
         clock = time.perf_counter_ns
         epoch = 0
         slow_ns = 20_000  # a pipeline step slower than this is "slow"
@@ -292,6 +294,7 @@ class Producer:
             iterator = stream.get_epoch_iterator()
             seq = 0
             last_ns = slow_ns
+            started = clock()  # busy from here, waits for a slot apart
             while True:
                 # Look at the consumer's messages (a new epoch abandons this
                 # one) before every slow step, every 32 fast ones, and
@@ -301,20 +304,21 @@ class Producer:
                     self.poll(0)
                     if self.consumer_epoch > epoch:
                         break
-                if last_ns >= slow_ns:
-                    self.flush()
+                    if last_ns >= slow_ns:
+                        self.flush()
                 if self.seed is not None:
                     # the batch's place in the epoch, whatever the workers
                     seed_globals(self.seed, epoch,
                                  seq * self.workers + self.worker)
-                started = clock()
                 try:
                     batch = next(iterator)
                 except StopIteration:
                     break
-                if type(batch) is not tuple or len(batch) != len(sources):
+                if type(batch) is not tuple or len(batch) != n_sources:
                     _check_batch(batch, sources)
-                last_ns = clock() - started
+                made = clock()
+                last_ns = made - started
+                waited = 0
                 if self.free:
                     slot = self.free.popleft()
                 elif self.control is not None and self.control.frees_waiting():
@@ -326,11 +330,13 @@ class Producer:
                     if acquired is None:
                         break
                     slot = acquired
-                started = clock()
+                    waited = clock() - made
                 self.write(slot, batch, seq, epoch)
-                self.busy_ns += last_ns + clock() - started
                 self.ready(slot, last_ns >= slow_ns)
                 seq += 1
+                now = clock()
+                self.busy_ns += now - started - waited
+                started = now
             self.flush()
             self.publish(layout.MSG_END, 0, epoch)
             epoch += 1
