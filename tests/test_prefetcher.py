@@ -253,6 +253,15 @@ def test_stats_count_batches_waiting_in_the_ring():
         assert [x.tolist() for x, in epoch][:2] == [[2, 3], [4, 5]]
 
 
+def test_producer_busy_time_leaves_out_waiting_for_slots():
+    with Prefetcher(sequential_stream(n=16, batch_size=2), hwm=2) as stream:
+        for _ in stream.get_epoch_iterator():
+            time.sleep(0.05)  # the producer waits for a slot all along
+        busy = stream.stats()["producer_busy_s"][0]
+    # 8 trivial batches took microseconds; the ~0.4 s of waiting is not busy
+    assert 0 < busy < 0.2
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="hwm must be an int"):
         Prefetcher(sequential_stream(), hwm=2.5)
