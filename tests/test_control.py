@@ -19,7 +19,7 @@ def test_messages_arrive_in_order_across_many_wraps():
     producer, consumer = pages(slots=3)
     sent, received = [], []
     for n in range(200):
-        message = (layout.MSG_READY, n % 3, 4096 * (n % 5 + 1))
+        message = (layout.MSG_READY, n % 3, 4096 * (n % 5 + 1), n, 10 * n)
         assert producer.push_message(*message)
         sent.append(message)
         if n % 7 == 6:
@@ -37,9 +37,9 @@ def test_a_full_message_queue_refuses_and_writes_nothing():
         assert producer.push_message(layout.MSG_END, 0, n)
     assert not producer.push_message(layout.MSG_END, 0, 999)
     assert consumer.messages_waiting()
-    assert [b for _, _, b in consumer.pop_messages()] == list(range(capacity))
+    assert [m[2] for m in consumer.pop_messages()] == list(range(capacity))
     assert producer.push_message(layout.MSG_END, 0, 999)
-    assert consumer.pop_messages() == [(layout.MSG_END, 0, 999)]
+    assert consumer.pop_messages() == [(layout.MSG_END, 0, 999, 0, 0)]
 
 
 def test_frees_arrive_in_order_and_a_double_free_is_refused():
@@ -58,9 +58,10 @@ def test_frees_arrive_in_order_and_a_double_free_is_refused():
         consumer.push_frees([0])
 
 
-def test_a_corrupt_counter_is_an_error_not_garbage():
+def test_a_corrupt_message_number_is_an_error_not_garbage():
     producer, consumer = pages(slots=2)
-    producer.words[control.MESSAGES_WRITTEN] = 10**6
+    producer.push_message(layout.MSG_END, 0, 1)
+    producer.words[control.ENTRIES // 8] = 10**6
     with pytest.raises(ValueError, match="corrupt control page"):
         consumer.pop_messages()
 
@@ -78,11 +79,11 @@ def test_asleep_flags_are_cleared_by_the_side_that_wakes():
 
 def test_a_new_handle_continues_from_the_counters_in_the_page():
     producer, consumer = pages()
-    producer.push_message(layout.MSG_READY, 1, 4096)
+    producer.push_message(layout.MSG_READY, 1, 4096, 7, 100)
     consumer.pop_messages()
-    producer.push_message(layout.MSG_READY, 2, 4096)
+    producer.push_message(layout.MSG_READY, 2, 4096, 7, 200)
     again = control.ControlPage(consumer.buffer, 4)
-    assert again.pop_messages() == [(layout.MSG_READY, 2, 4096)]
+    assert again.pop_messages() == [(layout.MSG_READY, 2, 4096, 7, 200)]
 
 
 def test_a_page_too_small_is_refused():

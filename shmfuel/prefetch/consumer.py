@@ -68,13 +68,15 @@ class Channel:
         self.control = (None if page is None
                         else control.ControlPage(page, slots))
         self.sizes = [0] * slots  # of each slot's segment
+        self.announced = [0] * slots  # layout id of each slot's batch
         self.errors: collections.deque[bytes] = collections.deque()
         self.sock = sock
         self.process = process
         self.slots = slots
         self.maps: list[mmap.mmap | None] = [None] * slots
         self.owners: list[Any] = [None] * slots
-        # per slot: (specs, template arrays or None per source, all arrays)
+        # per slot: (specs, template arrays or None per source, all arrays,
+        #            layout id they were announced with, 0 if none)
         self.templates: list[Any] = [None] * slots
         self.viewed: list[int] = []  # slots whose views may be out
         self.base_refs = 0  # refcount of a fresh owner
@@ -129,10 +131,12 @@ class Consumer:
             self._receive_socket(channel)
             return
         inbox = channel.inbox
-        for kind, slot, value in page.pop_messages():
+        for kind, slot, value, layout_id, busy_ns in page.pop_messages():
             if kind == _READY:
                 if channel.sizes[slot] != value:  # MSG_SEGMENT came first
                     self._sync(channel, lambda s=slot, v=value: channel.sizes[s] == v)
+                channel.announced[slot] = layout_id
+                channel.busy_ns = busy_ns
                 inbox.append((kind, slot))
             elif kind == layout.MSG_ERROR:  # its payload came first
                 self._sync(channel, lambda: bool(channel.errors))
@@ -424,22 +428,19 @@ class Consumer:
             self._end_of_epoch(channel, kind, slot, epoch)
         self.position += 1
         self.delivered += 1
-        mapping = channel.maps[slot]
-        fixed = _FIXED.unpack_from(mapping)
-        if fixed[0] != _MAGIC:
-            raise ShmfuelError(f"slot {slot} of producer {channel.worker} "
-                               "holds no batch")
-        channel.busy_ns = fixed[6]
-        meta = mapping[_META:_META + fixed[3]]
-        specs = self.specs.get(meta)
-        if specs is None:
-            specs = self._decode(meta)
-        owner = channel.owners[slot]
-        if self.copy or channel.held + 1 >= channel.slots:
-            return self._finish(self._copy_out(channel, slot, owner, specs))
         cached = channel.templates[slot]
-        if cached is None or cached[0] is not specs:
-            cached = self._templates(channel, slot, owner, specs)
+        layout_id = channel.announced[slot]
+        if cached is not None and layout_id and cached[3] == layout_id:
+            specs = cached[0]  # announced as the layout we know: no header
+        else:
+            specs = self._read_header(channel, slot)
+            if cached is None or cached[0] is not specs:
+                cached = self._templates(channel, slot, channel.owners[slot],
+                                         specs)
+            cached = channel.templates[slot] = cached[:3] + (layout_id,)
+        if self.copy or channel.held + 1 >= channel.slots:
+            return self._finish(self._copy_out(channel, slot,
+                                               channel.owners[slot], specs))
         templates = cached[1]
         if cached[2]:  # arrays only: the common case
             if len(templates) == 1:
@@ -450,6 +451,7 @@ class Consumer:
             channel.viewed.append(slot)
             return self._finish(batch)
         values: list[Any] = []
+        owner = channel.owners[slot]
         for template, (_, _, _, offset, nbytes) in zip(templates, specs):
             if template is not None:
                 values.append(template.view())
@@ -462,6 +464,21 @@ class Consumer:
             channel.to_free.append(slot)
             self.to_free += 1
         return self._finish(tuple(values))
+
+    def _read_header(self, channel: Channel, slot: int) -> Any:
+        """The source specs in the header of ``slot`` (and its busy ns)."""
+        mapping: Any = channel.maps[slot]
+        fixed = _FIXED.unpack_from(mapping)
+        if fixed[0] != _MAGIC:
+            raise ShmfuelError(f"slot {slot} of producer {channel.worker} "
+                               "holds no batch")
+        if channel.control is None:
+            channel.busy_ns = fixed[6]
+        meta = mapping[_META:_META + fixed[3]]
+        specs = self.specs.get(meta)
+        if specs is None:
+            specs = self._decode(meta)
+        return specs
 
     @staticmethod
     def _templates(channel: Channel, slot: int, owner: numpy.ndarray,
@@ -479,7 +496,7 @@ class Consumer:
             for kind, dtype, shape, offset, _ in specs)
         arrays = sum(template is not None for template in templates)
         cached = channel.templates[slot] = (specs, templates,
-                                            arrays == len(templates))
+                                            arrays == len(templates), 0)
         channel.free_refs[slot] = channel.base_refs + arrays
         return cached
 

@@ -1,24 +1,36 @@
 """A producer's control page: its ring's notifications in shared memory.
 
 Batches are announced without system calls: the producer appends ring
-messages (``layout.MESSAGE``: MSG_READY, MSG_END, MSG_ERROR) to a queue in
-a shared page and the consumer appends the slots it frees to another. Each
-queue has one writer and one reader, and each side only ever advances its
-own counter, so no locks are needed. Counters and flags are native 8-byte words, each
-read and written with one aligned access (through a ``memoryview`` cast:
-``struct.pack_into`` zeroes its target before it writes the bytes, so a
-reader could see a counter fall to 0)::
+messages (MSG_READY, MSG_END, MSG_ERROR) to a queue in a shared page and
+the consumer appends the slots it frees to another. Each queue has one
+writer and one reader, and each side only ever advances its own counter,
+so no locks are needed. Counters, flags and message numbers are native
+8-byte words, each read and written with one aligned access (through a
+``memoryview`` cast: ``struct.pack_into`` zeroes its target before it
+writes the bytes, so a reader could see a counter fall to 0)::
 
-    offset   0  messages written  (u64, producer)
     offset  64  messages read     (u64, consumer)
     offset 128  frees written     (u64, consumer)
     offset 192  frees read        (u64, producer)
     offset 256  consumer asleep   (u64: set by the consumer, cleared by
                                    the producer when it wakes it)
     offset 320  producer asleep   (u64: the same, the other way)
-    offset 384  messages          ``capacity`` x 16 bytes
+    offset 384  messages          ``capacity`` x 64 bytes: the message's
+                                   number + 1 (u64, written last), then
+                                   ``<IIQQQ``: kind, a, b as in
+                                   ``layout.MESSAGE``; for MSG_READY also
+                                   the batch's layout id and the
+                                   producer's busy ns
     then        frees             ``slots`` x u32 (a slot is freed at most
                                    once per MSG_READY, so they always fit)
+
+A MSG_READY's layout id names the batch's header (its sources' dtypes,
+shapes and offsets), 0 when the header must be read: a consumer that
+already knows that layout for that slot does not read the slot's header
+at all, so the header's cache line stays with the producer. For the same
+reason each message has a cache line of its own and carries its number:
+the consumer looks at the next message's number, not at a counter that
+would be one more line to move between the cores.
 
 What cannot live in the page still goes over the producer's socket, in
 order with the page: a new slot segment (MSG_SEGMENT with its file
@@ -49,13 +61,13 @@ import struct
 import threading
 from typing import Any
 
-from shmfuel.prefetch import layout, ring
+from shmfuel.prefetch import ring
 
 SLOT = struct.Struct("<I")
-ENTRY = layout.MESSAGE
+ENTRY = 64  # bytes per message
+MESSAGE = struct.Struct("<IIQQQ")  # after the message's number
 
 # indexes of 8-byte words
-MESSAGES_WRITTEN = 0
 MESSAGES_READ = 8
 FREES_WRITTEN = 16
 FREES_READ = 24
@@ -110,7 +122,7 @@ def spin_s(workers: int) -> float:
 
 
 def page_size(slots: int) -> int:
-    return ring.round_up(ENTRIES + (slots + SPARE) * ENTRY.size
+    return ring.round_up(ENTRIES + (slots + SPARE) * ENTRY
                          + slots * SLOT.size)
 
 
@@ -125,10 +137,12 @@ class ControlPage:
         self.words = words = memoryview(buffer).cast("Q")
         self.slots = slots
         self.capacity = slots + SPARE
-        self.frees_at = ENTRIES + self.capacity * ENTRY.size
+        self.frees_at = ENTRIES + self.capacity * ENTRY
         # each side's own counters, mirrored here
-        self.messages_written = words[MESSAGES_WRITTEN]
         self.messages_read = words[MESSAGES_READ]
+        self.messages_written = self.messages_read + sum(
+            words[(ENTRIES + n * ENTRY) // 8] > self.messages_read
+            for n in range(self.capacity))
         self.frees_written = words[FREES_WRITTEN]
         self.frees_read = words[FREES_READ]
         # The other side's counters as last read: looked at again only when
@@ -138,34 +152,41 @@ class ControlPage:
         self.seen_frees_read = self.frees_read
 
     # -- producer -> consumer ----------------------------------------------
-    def push_message(self, kind: int, a: int = 0, b: int = 0) -> bool:
+    def push_message(self, kind: int, a: int = 0, b: int = 0, layout_id: int = 0,
+                     busy_ns: int = 0) -> bool:
         """Append a message; False if the queue is full (nothing written)."""
-        words, written = self.words, self.messages_written
+        written = self.messages_written
         if written - self.seen_messages_read >= self.capacity:
-            self.seen_messages_read = words[MESSAGES_READ]
+            self.seen_messages_read = self.words[MESSAGES_READ]
             if written - self.seen_messages_read >= self.capacity:
                 return False
-        ENTRY.pack_into(self.buffer, ENTRIES + written % self.capacity * 16,
-                        kind, a, b)
-        self.messages_written = words[MESSAGES_WRITTEN] = written + 1
+        at = ENTRIES + written % self.capacity * ENTRY
+        MESSAGE.pack_into(self.buffer, at + 8, kind, a, b, layout_id, busy_ns)
+        self.messages_written = self.words[at >> 3] = written + 1  # publish
         return True
 
     def messages_waiting(self) -> bool:
-        return bool(self.words[MESSAGES_WRITTEN] != self.messages_read)
+        read = self.messages_read
+        return bool(self.words[(ENTRIES + read % self.capacity * ENTRY) >> 3]
+                    == read + 1)
 
-    def pop_messages(self) -> list[tuple[int, int, int]]:
+    def pop_messages(self) -> list[tuple[int, int, int, int, int]]:
         """Every message written and not yet read, in order."""
-        buffer, read = self.buffer, self.messages_read
-        written = self.words[MESSAGES_WRITTEN]
-        if written == read:
-            return []
-        if not 0 < written - read <= self.capacity:
-            raise ValueError(f"corrupt control page: {written} messages "
-                             f"written, {read} read")
-        capacity, unpack = self.capacity, ENTRY.unpack_from
-        messages = [unpack(buffer, ENTRIES + n % capacity * 16)
-                    for n in range(read, written)]
-        self.messages_read = self.words[MESSAGES_READ] = written
+        buffer, words, read = self.buffer, self.words, self.messages_read
+        capacity, unpack = self.capacity, MESSAGE.unpack_from
+        messages = []
+        while True:
+            at = ENTRIES + read % capacity * ENTRY
+            number = words[at >> 3]
+            if number != read + 1:
+                if number and number != read + 1 - capacity:
+                    raise ValueError(f"corrupt control page: message "
+                                     f"{number - 1} where {read} was due")
+                break
+            messages.append(unpack(buffer, at + 8))
+            read += 1
+        if messages:
+            self.messages_read = words[MESSAGES_READ] = read
         return messages
 
     # -- consumer -> producer ----------------------------------------------

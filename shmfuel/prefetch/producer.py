@@ -85,6 +85,7 @@ class Producer:
         self.headers: list[bytes | None] = [None] * slots  # last layout
         self.ready_messages = [layout.encode_message(layout.MSG_READY, slot)
                                for slot in range(slots)]
+        self.layouts = 0  # layout ids handed out
         self.control: control.ControlPage | None = None
         self.backstop = control.BACKSTOP_S
         self.spin_s = control.spin_s(workers)
@@ -204,20 +205,23 @@ class Producer:
             self.capacity[slot] = size
         return self.maps[slot]
 
-    def write(self, slot: int, batch: Any, seq: int, epoch: int) -> None:
+    def write(self, slot: int, batch: Any, seq: int, epoch: int) -> int:
+        """Write ``batch`` into ``slot``; its layout id (0: unplanned)."""
         sig = layout.signature(batch)
         if sig is None:  # something to pickle: plan this batch afresh
             plan = layout.plan_batch(batch, seq, epoch, self.busy_ns)
             layout.write_batch(self.ensure(slot, plan.size), plan)
             self.headers[slot] = None
-            return
+            return 0
         planned = self.plans.get(sig)
         if planned is None:
             if len(self.plans) > 64:
                 self.plans.clear()
             plan = layout.plan_batch(batch, 0, 0)
-            planned = self.plans[sig] = (plan.header, plan.specs, plan.size)
-        header, specs, size = planned
+            self.layouts += 1  # never reused: ids outlive cleared plans
+            planned = self.plans[sig] = (plan.header, plan.specs, plan.size,
+                                         self.layouts)
+        header, specs, size, layout_id = planned
         mapping = self.ensure(slot, size)
         targets = self.views[slot].get(sig)
         if targets is None:
@@ -237,8 +241,9 @@ class Producer:
         # copy (item assignment costs a third of numpy.copyto here)
         for target, value in zip(targets, batch):
             target[...] = value
+        return layout_id
 
-    def ready(self, slot: int, slow: bool) -> None:
+    def ready(self, slot: int, slow: bool, layout_id: int = 0) -> None:
         """Publish a slot; READY messages are sent in bursts.
 
         A fast pipeline's READYs go out a quarter of the ring at a time (one
@@ -251,9 +256,11 @@ class Producer:
             if slow or len(self.pending) >= self.burst:
                 self.flush()
             return
-        if not page.push_message(layout.MSG_READY, slot, self.capacity[slot]):
-            self.publish(layout.MSG_READY, slot, self.capacity[slot])
-        elif page.needs_waking(control.CONSUMER_ASLEEP):
+        while not page.push_message(layout.MSG_READY, slot,
+                                    self.capacity[slot], layout_id,
+                                    self.busy_ns):
+            self.poll(POLL_S)  # full: the consumer lags
+        if page.needs_waking(control.CONSUMER_ASLEEP):
             self.send(_WAKE)
 
     def flush(self) -> None:
@@ -331,8 +338,8 @@ class Producer:
                         break
                     slot = acquired
                     waited = clock() - made
-                self.write(slot, batch, seq, epoch)
-                self.ready(slot, last_ns >= slow_ns)
+                layout_id = self.write(slot, batch, seq, epoch)
+                self.ready(slot, last_ns >= slow_ns, layout_id)
                 seq += 1
                 now = clock()
                 self.busy_ns += now - started - waited
