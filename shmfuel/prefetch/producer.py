@@ -43,6 +43,8 @@ from shmfuel.prefetch import _payload, control, layout, ring
 from shmfuel.prefetch.sharding import shard
 
 POLL_S = 0.5
+_ndarray = numpy.ndarray
+_STAMP_INTO, _STAMP_OFFSET = layout.STAMP.pack_into, layout.STAMP_OFFSET
 _WAKE = layout.encode_message(layout.MSG_WAKE)
 
 
@@ -79,6 +81,7 @@ class Producer:
         self.pending: list[bytes] = []
         self.busy_ns = 0
         self.plans: dict[Any, Any] = {}
+        # per slot: signature -> (header, layout id, mapping, target views)
         self.views: list[dict[Any, Any]] = [{} for _ in range(slots)]
         self.burst = max(1, min(16, slots // 4))
         self.seed: int | None = None
@@ -206,42 +209,61 @@ class Producer:
         return self.maps[slot]
 
     def write(self, slot: int, batch: Any, seq: int, epoch: int) -> int:
-        """Write ``batch`` into ``slot``; its layout id (0: unplanned)."""
-        sig = layout.signature(batch)
-        if sig is None:  # something to pickle: plan this batch afresh
-            plan = layout.plan_batch(batch, seq, epoch, self.busy_ns)
-            layout.write_batch(self.ensure(slot, plan.size), plan)
-            self.headers[slot] = None
-            return 0
-        planned = self.plans.get(sig)
+        """Write ``batch`` into ``slot``; its layout id (0: unplanned).
+
+        Batches whose sources are plain arrays of the same dtypes and
+        shapes as an earlier one in this slot reuse its plan, header and
+        target views: only the stamp and the data are written.
+        """
+        sig = []
+        for value in batch:
+            if type(value) is not _ndarray:
+                break
+            dtype = value.dtype
+            if dtype.hasobject or dtype.fields is not None or dtype.subdtype:
+                break
+            sig.append((dtype, value.shape))
+        else:
+            key = tuple(sig)
+            planned = self.views[slot].get(key)
+            if planned is None:
+                planned = self._plan(slot, key, batch)
+            header, layout_id, mapping, targets = planned
+            if self.headers[slot] is header:  # same layout: only the stamp
+                _STAMP_INTO(mapping, _STAMP_OFFSET, seq, epoch, self.busy_ns)
+            else:
+                layout.stamp(mapping, header, seq, epoch, self.busy_ns)
+                self.headers[slot] = header
+            # the signature matched, so dtypes and shapes are equal: a plain
+            # copy (item assignment costs a third of numpy.copyto here)
+            for target, value in zip(targets, batch):
+                target[...] = value
+            return layout_id
+        # something to pickle: plan this batch afresh
+        plan = layout.plan_batch(batch, seq, epoch, self.busy_ns)
+        layout.write_batch(self.ensure(slot, plan.size), plan)
+        self.headers[slot] = None
+        return 0
+
+    def _plan(self, slot: int, key: tuple[Any, ...], batch: Any) -> Any:
+        """Plan (or recall) a layout and make ``slot``'s views for it."""
+        planned = self.plans.get(key)
         if planned is None:
             if len(self.plans) > 64:
                 self.plans.clear()
             plan = layout.plan_batch(batch, 0, 0)
             self.layouts += 1  # never reused: ids outlive cleared plans
-            planned = self.plans[sig] = (plan.header, plan.specs, plan.size,
+            planned = self.plans[key] = (plan.header, plan.specs, plan.size,
                                          self.layouts)
         header, specs, size, layout_id = planned
-        mapping = self.ensure(slot, size)
-        targets = self.views[slot].get(sig)
-        if targets is None:
-            if len(self.views[slot]) > 8:  # shapes that keep changing
-                self.views[slot].clear()
-            owner = numpy.frombuffer(mapping, numpy.uint8)
-            targets = self.views[slot][sig] = [
-                numpy.ndarray(shape, dtype, buffer=owner, offset=offset)
-                for (dtype, shape), (_, _, _, offset, _) in zip(sig, specs)]
-        if self.headers[slot] is header:  # same layout: only the stamp
-            layout.STAMP.pack_into(mapping, layout.STAMP_OFFSET, seq, epoch,
-                                   self.busy_ns)
-        else:
-            layout.stamp(mapping, header, seq, epoch, self.busy_ns)
-            self.headers[slot] = header
-        # the signature matched, so dtypes and shapes are equal: a plain
-        # copy (item assignment costs a third of numpy.copyto here)
-        for target, value in zip(targets, batch):
-            target[...] = value
-        return layout_id
+        mapping = self.ensure(slot, size)  # may regrow: clears views[slot]
+        if len(self.views[slot]) > 8:  # shapes that keep changing
+            self.views[slot].clear()
+        owner = numpy.frombuffer(mapping, numpy.uint8)
+        targets = [numpy.ndarray(shape, dtype, buffer=owner, offset=offset)
+                   for (dtype, shape), (_, _, _, offset, _) in zip(key, specs)]
+        result = self.views[slot][key] = (header, layout_id, mapping, targets)
+        return result
 
     def ready(self, slot: int, slow: bool, layout_id: int = 0) -> None:
         """Publish a slot; READY messages are sent in bursts.
