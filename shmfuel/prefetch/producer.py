@@ -316,6 +316,9 @@ class Producer:
         clock = time.perf_counter_ns
         epoch = 0
         slow_ns = 20_000  # a pipeline step slower than this is "slow"
+        # the loop's hot names, looked up once (free is never rebound)
+        free, page, seed = self.free, self.control, self.seed
+        write, ready = self.write, self.ready
         while True:
             self.flush()
             while epoch > self.consumer_epoch + 1:
@@ -329,15 +332,15 @@ class Producer:
                 # one) before every slow step, every 32 fast ones, and
                 # whenever no slot is free.
                 if last_ns >= slow_ns or not seq % 32 or (
-                        not self.free and self.control is None):
+                        not free and page is None):
                     self.poll(0)
                     if self.consumer_epoch > epoch:
                         break
                     if last_ns >= slow_ns:
                         self.flush()
-                if self.seed is not None:
+                if seed is not None:
                     # the batch's place in the epoch, whatever the workers
-                    seed_globals(self.seed, epoch,
+                    seed_globals(seed, epoch,
                                  seq * self.workers + self.worker)
                 try:
                     batch = next(iterator)
@@ -348,11 +351,11 @@ class Producer:
                 made = clock()
                 last_ns = made - started
                 waited = 0
-                if self.free:
-                    slot = self.free.popleft()
-                elif self.control is not None and self.control.frees_waiting():
-                    self.free.extend(self.control.pop_frees())
-                    slot = self.free.popleft()
+                if free:
+                    slot = free.popleft()
+                elif page is not None and page.frees_waiting():
+                    free.extend(page.pop_frees())
+                    slot = free.popleft()
                 else:
                     self.flush()
                     acquired = self.acquire(epoch)
@@ -360,8 +363,8 @@ class Producer:
                         break
                     slot = acquired
                     waited = clock() - made
-                layout_id = self.write(slot, batch, seq, epoch)
-                self.ready(slot, last_ns >= slow_ns, layout_id)
+                layout_id = write(slot, batch, seq, epoch)
+                ready(slot, last_ns >= slow_ns, layout_id)
                 seq += 1
                 now = clock()
                 self.busy_ns += now - started - waited
