@@ -14,7 +14,10 @@ The loop is fed in-process, by torch's DataLoader (2/4/8 workers, pinned
 memory on CUDA), by shmfuel's Prefetcher (2/4/8 producers, with and without
 ``pin_memory`` on CUDA) and by the bridge (server with 2 producers). For
 each mode: utilisation = pure compute time (the same steps with the data
-already in place) / wall time; the wait for data per step (p50/p95/max,
+already in place) / wall time, over all steps after the first batch and
+in the steady state (after ``--warmup`` steps, which fill every feeder's
+queues: a shmfuel ring's first fill also has the kernel zero its new
+slots); the wait for data per step (p50/p95/max,
 H2D copy included); time to the first batch; CPU used by producer
 processes (% of one core); peak shared memory (growth of the system's
 ``Shmem``). ``--plot`` writes a PNG (needs matplotlib).
@@ -198,7 +201,7 @@ def children_cpu() -> float:
 
 
 def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
-             accelerator: Any, steps: int) -> dict[str, Any]:
+             accelerator: Any, steps: int, warmup: int) -> dict[str, Any]:
     # sampled in the loop, not by a thread: a thread would make the
     # Prefetcher choose forkserver over fork
     base = peak = shmem_bytes()
@@ -206,8 +209,11 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
     batches, close = make()
     waits = []
     first = None
+    steady_started = None
     try:
-        for _ in range(steps):
+        for n in range(steps):
+            if n == warmup:
+                steady_started = time.perf_counter()
             waited = time.perf_counter()
             batch = accelerator.to_device(next(batches))
             waits.append(time.perf_counter() - waited)
@@ -219,12 +225,14 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
             accelerator.step(batch)
             del batch
         accelerator.sync()
-        wall = time.perf_counter() - loop_started
+        ended = time.perf_counter()
+        wall = ended - loop_started
+        steady = None if steady_started is None else ended - steady_started
         cpu = children_cpu()
     finally:
         close()
     w = numpy.array(waits[1:]) * 1000
-    return {"wall_s": wall, "wait_ms": {"p50": float(numpy.percentile(w, 50)),
+    return {"wall_s": wall, "steady_wall_s": steady, "wait_ms": {"p50": float(numpy.percentile(w, 50)),
                                         "p95": float(numpy.percentile(w, 95)),
                                         "max": float(w.max())},
             "time_to_first_batch_s": first, "producer_cpu_pct": 100 * cpu / wall,
@@ -328,10 +336,17 @@ def plot(path: str, results: dict[str, Any], title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = list(results)
+    names = list(results)[::-1]
     values = [results[n]["utilisation_pct"] for n in names]
-    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
-    axes.barh(names[::-1], values[::-1], color="tab:blue")
+    steady = [results[n].get("steady_utilisation_pct", 0.0) for n in names]
+    figure, axes = plt.subplots(figsize=(8, 0.6 * len(names) + 1.2))
+    rows = numpy.arange(len(names))
+    axes.barh(rows + 0.2, values, height=0.4, color="tab:blue",
+              label="all steps")
+    axes.barh(rows - 0.2, steady, height=0.4, color="tab:green",
+              label="steady state")
+    axes.set_yticks(rows, names)
+    axes.legend(loc="lower right", fontsize=8)
     axes.axvline(95, color="tab:red", linestyle="--", linewidth=1)
     axes.set_xlim(0, 100)
     axes.set_xlabel("accelerator utilisation (%)")
@@ -348,7 +363,10 @@ def main() -> None:
                              "check the script without a GPU")
     parser.add_argument("--step-ms", type=float, default=6.0,
                         help="simulated step time for --device cpu")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=50,
+                        help="steps left out of the steady-state utilisation "
+                             "(the first fill of every feeder's queues)")
     parser.add_argument("--batches", type=int, default=10, help="batches per epoch")
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--only", nargs="+", default=[],
@@ -359,6 +377,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.batches, args.workers = 8, 2, [2]
+    warmup = min(args.warmup, args.steps // 2)
     out = args.out or os.path.join(HERE, "results", f"gpu_idle_{args.device}.json")
     if args.device == "cuda":
         import torch
@@ -383,22 +402,29 @@ def main() -> None:
     results: dict[str, Any] = {}
     for name, make in modes(data, args.device, args.workers, args.only).items():
         settle()
-        result = run_mode(make, accelerator, args.steps)
+        result = run_mode(make, accelerator, args.steps, warmup)
         result["utilisation_pct"] = 100 * compute / result["wall_s"]
+        if result["steady_wall_s"]:
+            result["steady_utilisation_pct"] = (
+                100 * compute * (args.steps - warmup) / args.steps
+                / result["steady_wall_s"])
         results[name] = result
         print(f"{name:<34} {result['utilisation_pct']:5.1f}% busy", file=sys.stderr)
     rows = [[name, f"{r['utilisation_pct']:.1f}",
+             f"{r.get('steady_utilisation_pct', float('nan')):.1f}",
              f"{r['wait_ms']['p50']:.2f} / {r['wait_ms']['p95']:.2f} / {r['wait_ms']['max']:.1f}",
              f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
              f"{r['peak_shared_mb']:.0f}"] for name, r in results.items()]
     title = (f"{args.device}: step {1000 * compute / args.steps:.1f} ms, augmentation "
              f"{augment_ms:.1f} ms/batch, batch {BATCH}, {args.steps} steps")
     print(title)
-    print(table(["mode", "utilisation %", "wait ms p50/p95/max", "first batch s",
+    print(table(["mode", "utilisation %", "steady %", "wait ms p50/p95/max",
+                 "first batch s",
                  "producer CPU %", "peak shm MB"], rows))
     payload = {"benchmark": "gpu_idle", "machine": machine(), "device": args.device,
                "step_ms": 1000 * compute / args.steps, "augment_ms": augment_ms,
-               "steps": args.steps, "batch": BATCH, "results": results}
+               "steps": args.steps, "warmup_steps": warmup, "batch": BATCH,
+               "results": results}
     if args.device == "cuda":
         import torch
         payload["gpu"] = torch.cuda.get_device_name()

@@ -73,3 +73,14 @@ def test_quick_runs(tmp_path, script, args, keys):
     else:
         assert set(data["throughput"]) == {"1", "2"}
         assert "fork" in data["time_to_first_batch_s"]
+
+
+@pytest.mark.timeout(60)
+def test_report_renders_the_committed_results():
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "report.py")],
+        capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stderr
+    assert "| mode | training s | whole process s | speed-up |" in result.stdout
+    assert "| transport | 512 B | 64 KiB | 1 MiB | 38.5 MB |" in result.stdout
+    assert "| shmfuel Prefetcher w=1 |" in result.stdout

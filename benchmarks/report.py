@@ -1,0 +1,149 @@
+"""The README's tables, in markdown, from the JSON in ``benchmarks/results/``.
+
+    python benchmarks/report.py [--results benchmarks/results]
+
+Each table is printed under the command that measured it, so README's
+numbers can be refreshed by pasting, and always match the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIZES = ["512 B", "64 KiB", "1 MiB", "38.5 MB"]
+TRANSPORTS = ["memcpy", "read", "memcpy + read", "shmfuel Prefetcher w=1",
+              "shmfuel Prefetcher w=2", "multiprocessing.Queue",
+              "pyzmq PUSH/PULL tcp", "shmfuel bridge tcp",
+              "torch DataLoader w=1", "torch DataLoader w=2"]
+
+
+def _load(results: str, name: str) -> dict[str, Any] | None:
+    path = os.path.join(results, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)  # type: ignore[no-any-return]
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _spread(summary: dict[str, float], digits: int = 3) -> str:
+    return (f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}-"
+            f"{summary['max']:.{digits}f})")
+
+
+def seed_table(data: dict[str, Any]) -> list[str]:
+    results = data["results"]
+    serial = results["serial"]["training_s"]["median"]
+    lines = [_row(["mode", "training s", "whole process s", "speed-up"]),
+             _row(["---"] * 4)]
+    for mode, label in (("serial", "serial"), ("prefetcher", "Prefetcher"),
+                        ("bridge", "bridge")):
+        result = results[mode]
+        lines.append(_row([label, _spread(result["training_s"]),
+                           _spread(result["process_s"]),
+                           f"{serial / result['training_s']['median']:.2f}x"]))
+    return lines
+
+
+def gpu_idle_table(data: dict[str, Any]) -> list[str]:
+    lines = [_row(["feeder", "utilisation %", "steady-state %",
+                   "wait per step ms p50 / p95 / max", "first batch s",
+                   "producer CPU %", "peak shared MB"]),
+             _row(["---"] * 7)]
+    order = sorted(data["results"], key=lambda name: (
+        "in-process" not in name, "shmfuel" not in name, name))
+    for name in order:
+        r = data["results"][name]
+        wait = r["wait_ms"]
+        lines.append(_row([
+            name, f"{r['utilisation_pct']:.1f}",
+            f"{r['steady_utilisation_pct']:.1f}"
+            if "steady_utilisation_pct" in r else "-",
+            f"{wait['p50']:.2f} / {wait['p95']:.2f} / {wait['max']:.1f}",
+            f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
+            f"{r['peak_shared_mb']:.0f}"]))
+    return lines
+
+
+def throughput_table(data: dict[str, Any]) -> list[str]:
+    sizes = sorted(data["results"], key=lambda size: SIZES.index(size)
+                   if size in SIZES else len(SIZES))
+    found = {name for by_name in data["results"].values() for name in by_name}
+    names = sorted(found, key=lambda name: TRANSPORTS.index(name)
+                   if name in TRANSPORTS else len(TRANSPORTS))
+    lines = [_row(["transport"] + sizes), _row(["---"] * (len(sizes) + 1))]
+    for name in names:
+        cells = [name]
+        for size in sizes:
+            result = data["results"][size].get(name)
+            if result is None:
+                cells.append("-")
+                continue
+            rate = result["batches_per_s"]["median"]
+            gb = result["gb_per_s"]["median"]
+            cells.append(f"{rate:,.0f}" if size == "512 B"
+                         else f"{rate:,.0f} ({gb:.2f})")
+        lines.append(_row(cells))
+    return lines
+
+
+def scaling_lines(data: dict[str, Any]) -> list[str]:
+    one = data["throughput"]["1"]["median"]
+    two = data["throughput"]["2"]["median"]
+    first = data["time_to_first_batch_s"]
+    return [f"1 producer {one:.1f} batches/s, 2 producers {two:.1f} "
+            f"({two / one:.2f}x); time to first batch: "
+            + ", ".join(f"{method} {times[0]:.3f} s (then {times[1]:.3f} s)"
+                        for method, times in first.items())]
+
+
+def disk_table(data: dict[str, Any]) -> list[str]:
+    modes = ["in-process", "Prefetcher w=1", "Prefetcher w=2"]
+    lines = [_row(["dataset", "in-process MB/s", "Prefetcher w=1",
+                   "Prefetcher w=2"]), _row(["---"] * 4)]
+    for dataset, by_mode in data["results"].items():
+        lines.append(_row([dataset] + [
+            f"{by_mode[m]['mb_per_s']['median']:.0f}" if m in by_mode else "-"
+            for m in modes]))
+    return lines
+
+
+REPORTS = [
+    ("seed_tutorial.json", "python benchmarks/seed_tutorial.py", seed_table),
+    ("gpu_idle_cpu.json", "python benchmarks/gpu_idle.py --device cpu --plot",
+     gpu_idle_table),
+    ("gpu_idle_cuda.json", "python benchmarks/gpu_idle.py --device cuda",
+     gpu_idle_table),
+    ("throughput.json", "python benchmarks/throughput.py", throughput_table),
+    ("throughput_512B_hwm64.json", "python benchmarks/throughput.py --sizes "
+     "'512 B' --hwm 64 --only memcpy read Prefetcher pyzmq "
+     "--out benchmarks/results/throughput_512B_hwm64.json", throughput_table),
+    ("scaling.json", "python benchmarks/scaling.py", scaling_lines),
+    ("disk_datasets.json", "python benchmarks/disk_datasets.py", disk_table),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+    for name, command, render in REPORTS:
+        data = _load(args.results, name)
+        if data is None:
+            continue
+        machine = data["machine"]
+        print(f"<!-- {command}: {machine['date']}, {machine['cpus']} CPUs, "
+              f"Python {machine['python']}, numpy {machine['numpy']} -->")
+        print("\n".join(render(data)))
+        print()
+
+
+if __name__ == "__main__":
+    main()
