@@ -17,7 +17,7 @@ Data flow, in the training process::
     few calls and before waiting) -> slot to producer w's free queue
 
 Views stay valid as long as any of them is referenced: a slot is written
-again only after the consumer sent MSG_FREE for it, and that happens only
+again only after the consumer freed it, and that happens only
 once nothing but the consumer references the slot's owner array, that is,
 once every view of it (and every view of those) is gone.
 
