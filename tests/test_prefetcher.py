@@ -117,6 +117,36 @@ def test_growing_batches_are_never_truncated():
             assert (x == n).all()
 
 
+def changing_layout(data):
+    # the same slot sees arrays of other shapes and dtypes, and lists
+    i = int(data[0][0])
+    kind = i % 4
+    if kind == 0:
+        return (numpy.full(3, i, dtype="int64"), numpy.full((2, 2), i, "float32"))
+    if kind == 1:
+        return (numpy.full(5, i, dtype="int16"), numpy.full((2, 2), i, "float32"))
+    if kind == 2:
+        return ([i] * 3, numpy.full((1, 2), i, "float64"))
+    return (numpy.full(3, i, dtype="int64"), numpy.full((2, 2), i, "float32"))
+
+
+def test_layouts_changing_from_batch_to_batch_arrive_intact():
+    stream = Mapping(sequential_stream(n=40, batch_size=1), changing_layout,
+                     add_sources=("a", "b"))
+    expected = [changing_layout((numpy.array([i]),)) for i in range(40)]
+    with Prefetcher(stream, hwm=3) as prefetched:
+        for _ in range(2):
+            got = list(prefetched.get_epoch_iterator())
+            assert len(got) == 40
+            for (_, a, b), (want_a, want_b) in zip(got, expected):
+                assert type(a) is type(want_a) and type(b) is type(want_b)
+                if isinstance(want_a, list):
+                    assert a == want_a
+                else:
+                    assert a.dtype == want_a.dtype and a.tolist() == want_a.tolist()
+                assert b.dtype == want_b.dtype and b.tolist() == want_b.tolist()
+
+
 def mixed(data):
     i = int(data[0][0])
     return ([f"s{i}"] * (i % 3), numpy.array([[i], [i, i]], dtype=object),
