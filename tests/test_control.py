@@ -77,6 +77,15 @@ def test_asleep_flags_are_cleared_by_the_side_that_wakes():
     assert not consumer.needs_waking(control.PRODUCER_ASLEEP)
 
 
+def test_a_push_says_when_the_consumer_sleeps():
+    producer, consumer = pages()
+    assert producer.push_message(layout.MSG_READY, 0, 4096) == control.PUSHED
+    consumer.fall_asleep(control.CONSUMER_ASLEEP)
+    assert producer.push_message(layout.MSG_READY, 1, 4096) == control.WAKE
+    assert producer.push_message(layout.MSG_READY, 2, 4096) == control.PUSHED
+    assert [m[1] for m in consumer.pop_messages()] == [0, 1, 2]
+
+
 def test_a_new_handle_continues_from_the_counters_in_the_page():
     producer, consumer = pages()
     producer.push_message(layout.MSG_READY, 1, 4096, 7, 100)

@@ -75,6 +75,7 @@ CONSUMER_ASLEEP = 32
 PRODUCER_ASLEEP = 40
 ENTRIES = 384  # bytes
 SPARE = 16  # message entries beyond one per slot (ends, errors)
+FULL, PUSHED, WAKE = 0, 1, 2  # what push_message did
 
 SPIN_S = 50e-6
 BACKSTOP_S = 0.001
@@ -153,17 +154,22 @@ class ControlPage:
 
     # -- producer -> consumer ----------------------------------------------
     def push_message(self, kind: int, a: int = 0, b: int = 0, layout_id: int = 0,
-                     busy_ns: int = 0) -> bool:
-        """Append a message; False if the queue is full (nothing written)."""
-        written = self.messages_written
+                     busy_ns: int = 0) -> int:
+        """Append a message: ``FULL`` (0: nothing written), ``PUSHED``, or
+        ``WAKE``: pushed, and the consumer sleeps (its flag is cleared here;
+        send it MSG_WAKE)."""
+        words, written = self.words, self.messages_written
         if written - self.seen_messages_read >= self.capacity:
-            self.seen_messages_read = self.words[MESSAGES_READ]
+            self.seen_messages_read = words[MESSAGES_READ]
             if written - self.seen_messages_read >= self.capacity:
-                return False
+                return FULL
         at = ENTRIES + written % self.capacity * ENTRY
         MESSAGE.pack_into(self.buffer, at + 8, kind, a, b, layout_id, busy_ns)
-        self.messages_written = self.words[at >> 3] = written + 1  # publish
-        return True
+        self.messages_written = words[at >> 3] = written + 1  # publish
+        if words[CONSUMER_ASLEEP]:
+            words[CONSUMER_ASLEEP] = 0
+            return WAKE
+        return PUSHED
 
     def messages_waiting(self) -> bool:
         read = self.messages_read

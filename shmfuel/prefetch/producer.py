@@ -46,6 +46,7 @@ POLL_S = 0.5
 _ndarray = numpy.ndarray
 _STAMP_INTO, _STAMP_OFFSET = layout.STAMP.pack_into, layout.STAMP_OFFSET
 _WAKE = layout.encode_message(layout.MSG_WAKE)
+_READY = layout.MSG_READY
 
 
 class _Stop(Exception):
@@ -160,9 +161,11 @@ class Producer:
             self.pending.append(layout.encode_message(kind, a, b))
             self.flush()
             return
-        while not page.push_message(kind, a, b):  # full: the consumer lags
+        pushed = page.push_message(kind, a, b)
+        while not pushed:  # full: the consumer lags
             self.poll(POLL_S)
-        if page.needs_waking(control.CONSUMER_ASLEEP):
+            pushed = page.push_message(kind, a, b)
+        if pushed == control.WAKE:
             self.send(_WAKE)
 
     def send(self, data: bytes) -> None:
@@ -266,11 +269,10 @@ class Producer:
         return result
 
     def ready(self, slot: int, slow: bool, layout_id: int = 0) -> None:
-        """Publish a slot; READY messages are sent in bursts.
-
-        A fast pipeline's READYs go out a quarter of the ring at a time (one
-        system call), a slow pipeline's at once, and all pending ones before
-        this producer waits for anything.
+        """Publish a slot: on the control page at once, or over the socket
+        in bursts (a fast pipeline's READYs a quarter of the ring at a time,
+        one system call; a slow pipeline's at once; all pending ones before
+        this producer waits for anything).
         """
         page = self.control
         if page is None:
@@ -278,11 +280,13 @@ class Producer:
             if slow or len(self.pending) >= self.burst:
                 self.flush()
             return
-        while not page.push_message(layout.MSG_READY, slot,
-                                    self.capacity[slot], layout_id,
-                                    self.busy_ns):
-            self.poll(POLL_S)  # full: the consumer lags
-        if page.needs_waking(control.CONSUMER_ASLEEP):
+        pushed = page.push_message(_READY, slot, self.capacity[slot],
+                                   layout_id, self.busy_ns)
+        while not pushed:  # full: the consumer lags
+            self.poll(POLL_S)
+            pushed = page.push_message(_READY, slot, self.capacity[slot],
+                                       layout_id, self.busy_ns)
+        if pushed == control.WAKE:
             self.send(_WAKE)
 
     def flush(self) -> None:
