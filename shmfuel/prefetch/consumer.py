@@ -87,6 +87,7 @@ class Channel:
         self.pending = _EMPTY
         self.fds: collections.deque[int] = collections.deque()
         self.held = 0
+        self.max_held = slots - 1
         self.to_free: list[int] = []
         self.busy_ns = 0
 
@@ -100,8 +101,11 @@ class Consumer:
         self.channels = [Channel(w, s, p, n, c) for w, (s, p, n, c) in
                          enumerate(zip(pool.sockets, pool.processes, slots,
                                        pool.controls))]
+        self.n_channels = len(self.channels)
         self.backstop = control.BACKSTOP_S
         self.spin_s = control.spin_s(len(self.channels))
+        for channel in self.channels:  # deliver a copy when held reaches it
+            channel.max_held = -1 if copy else channel.slots - 1
         self.copy = copy
         self.timeout = timeout
         self.pinning = pinning
@@ -414,10 +418,10 @@ class Consumer:
                     f"epoch {self.epoch}: only the newest epoch iterator of "
                     "a Prefetcher can be used")
             raise StopIteration
-        if not self.position % self.flush_at or self.in_flight:
+        position = self.position
+        if not position % self.flush_at or self.in_flight:
             self._collect()
-        channels = self.channels
-        channel = channels[self.position % len(channels)]
+        channel = self.channels[position % self.n_channels]
         if channel.inbox:
             kind, slot = channel.inbox.popleft()
         else:
@@ -426,19 +430,14 @@ class Consumer:
             self.waits.append(perf_counter() - started)
         if kind != _READY:
             self._end_of_epoch(channel, kind, slot, epoch)
-        self.position += 1
+        self.position = position + 1
         self.delivered += 1
         cached = channel.templates[slot]
-        layout_id = channel.announced[slot]
-        if cached is not None and layout_id and cached[3] == layout_id:
-            specs = cached[0]  # announced as the layout we know: no header
-        else:
-            specs = self._read_header(channel, slot)
-            if cached is None or cached[0] is not specs:
-                cached = self._templates(channel, slot, channel.owners[slot],
-                                         specs)
-            cached = channel.templates[slot] = cached[:3] + (layout_id,)
-        if self.copy or channel.held + 1 >= channel.slots:
+        if cached is None or not cached[3] or (
+                cached[3] != channel.announced[slot]):
+            cached = self._layout(channel, slot)  # read the slot's header
+        specs = cached[0]
+        if channel.held >= channel.max_held:  # copy=True, or hoarding
             return self._finish(self._copy_out(channel, slot,
                                                channel.owners[slot], specs))
         templates = cached[1]
@@ -449,7 +448,9 @@ class Consumer:
                 batch = tuple([template.view() for template in templates])
             channel.held += 1
             channel.viewed.append(slot)
-            return self._finish(batch)
+            if self.to_free >= self.flush_at or self.first_batch_s is None:
+                return self._finish(batch)
+            return batch
         values: list[Any] = []
         owner = channel.owners[slot]
         for template, (_, _, _, offset, nbytes) in zip(templates, specs):
@@ -464,6 +465,16 @@ class Consumer:
             channel.to_free.append(slot)
             self.to_free += 1
         return self._finish(tuple(values))
+
+    def _layout(self, channel: Channel, slot: int) -> Any:
+        """Read the slot's header; update its templates if its layout changed."""
+        cached = channel.templates[slot]
+        specs = self._read_header(channel, slot)
+        if cached is None or cached[0] is not specs:
+            cached = self._templates(channel, slot, channel.owners[slot], specs)
+        cached = channel.templates[slot] = (
+            cached[:3] + (channel.announced[slot],))
+        return cached
 
     def _read_header(self, channel: Channel, slot: int) -> Any:
         """The source specs in the header of ``slot`` (and its busy ns)."""
