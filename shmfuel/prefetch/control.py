@@ -9,6 +9,7 @@ so no locks are needed. Counters, flags and message numbers are native
 ``memoryview`` cast: ``struct.pack_into`` zeroes its target before it
 writes the bytes, so a reader could see a counter fall to 0)::
 
+    offset   0  (unused)
     offset  64  messages read     (u64, consumer)
     offset 128  frees written     (u64, consumer)
     offset 192  frees read        (u64, producer)
@@ -47,8 +48,8 @@ writer's store-then-look has none (it would cost every batch), so a wake
 may rarely be missed: blocking is therefore always bounded (``BACKSTOP_S``,
 doubling up to ``BACKSTOP_MAX_S``) and the queue looked at again.
 
-Writes must become visible in program order (data before the counter that
-publishes it), which x86 guarantees; elsewhere (ARM, POWER) Python offers no
+Writes must become visible in program order (data before the number or
+counter that publishes it), which x86 guarantees; elsewhere (ARM, POWER) Python offers no
 barrier that orders plain stores, so there the messages travel over the
 socket as a byte stream, whose system calls order memory (see ``mode``).
 """
