@@ -292,6 +292,15 @@ def test_producer_busy_time_leaves_out_waiting_for_slots():
     assert 0 < busy < 0.2
 
 
+def test_batches_are_announced_the_way_the_environment_says(ring_notify):
+    with Prefetcher(sequential_stream(), workers=2) as stream:
+        pages = [channel.control for channel in stream._consumer.channels]
+        assert [page is not None for page in pages] == [ring_notify == "shared"] * 2
+        assert len(list(stream.get_epoch_iterator())) == 10
+        if ring_notify == "shared":  # every batch and both ends went through
+            assert sum(page.messages_read for page in pages) == 10 + 2
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="hwm must be an int"):
         Prefetcher(sequential_stream(), hwm=2.5)
