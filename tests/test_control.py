@@ -117,3 +117,32 @@ def test_wake_messages_decode():
         layout.encode_message(layout.MSG_WAKE) * 2 + b"\x01")
     assert messages == [(layout.MSG_WAKE, 0, 0)] * 2
     assert rest == b"\x01"
+
+
+@pytest.mark.timeout(30)
+def test_a_producer_facing_a_full_queue_waits_for_the_consumer():
+    import os
+    import socket
+    import threading
+
+    from shmfuel.prefetch.producer import Producer
+    ours, theirs = socket.socketpair()
+    fd, page = control.create(2)
+    os.close(fd)
+    try:
+        producer = Producer(ours, 0, 1, 2, os.getpid())
+        producer.control = control.ControlPage(page, 2)
+        consumer = control.ControlPage(page, 2)
+        capacity = 2 + control.SPARE
+        for n in range(capacity):
+            producer.publish(layout.MSG_END, 0, n)
+        drained = []
+        timer = threading.Timer(0.05, lambda: drained.extend(consumer.pop_messages()))
+        timer.start()
+        producer.publish(layout.MSG_END, 0, 99)  # waits until the timer drains
+        timer.join()
+        assert [m[2] for m in drained] == list(range(capacity))
+        assert consumer.pop_messages() == [(layout.MSG_END, 0, 99, 0, 0)]
+    finally:
+        ours.close()
+        theirs.close()

@@ -162,9 +162,16 @@ class Producer:
             self.flush()
             return
         pushed = page.push_message(kind, a, b)
+        if pushed != control.PUSHED:
+            self._settle(pushed, (kind, a, b))
+
+    def _settle(self, pushed: int, message: tuple[int, ...]) -> None:
+        """After a push that found the queue full (retry while handling the
+        consumer's messages) or the consumer asleep (wake it)."""
+        page: Any = self.control
         while not pushed:  # full: the consumer lags
             self.poll(POLL_S)
-            pushed = page.push_message(kind, a, b)
+            pushed = page.push_message(*message)
         if pushed == control.WAKE:
             self.send(_WAKE)
 
@@ -280,14 +287,10 @@ class Producer:
             if slow or len(self.pending) >= self.burst:
                 self.flush()
             return
-        pushed = page.push_message(_READY, slot, self.capacity[slot],
-                                   layout_id, self.busy_ns)
-        while not pushed:  # full: the consumer lags
-            self.poll(POLL_S)
-            pushed = page.push_message(_READY, slot, self.capacity[slot],
-                                       layout_id, self.busy_ns)
-        if pushed == control.WAKE:
-            self.send(_WAKE)
+        size, busy_ns = self.capacity[slot], self.busy_ns
+        pushed = page.push_message(_READY, slot, size, layout_id, busy_ns)
+        if pushed != control.PUSHED:
+            self._settle(pushed, (_READY, slot, size, layout_id, busy_ns))
 
     def flush(self) -> None:
         if self.pending:
