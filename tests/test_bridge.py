@@ -466,3 +466,16 @@ def test_server_stops_cleanly_on_signals_even_mid_epoch(signum):
     finally:
         client.close()
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_signal_stops_the_server_at_once_not_at_its_next_poll():
+    # with a 60 s heartbeat the loop's poll waits 30 s: only the signal's
+    # wake-up can end it within the 10 s allowed here
+    server = Server("shuffled", "--heartbeat", "60")
+    try:
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(10) == 0
+        assert "server stopped" in server.process.stderr.read()
+    finally:
+        server.stop()

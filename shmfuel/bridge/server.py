@@ -133,19 +133,35 @@ class _Producer(threading.Thread):
                            traceback=traceback.format_exc())
 
 
-def _stop_on_signals(stop: threading.Event) -> Any:
-    """Make SIGINT and SIGTERM set ``stop``; returns what restores them."""
+def _stop_on_signals(stop: threading.Event) -> tuple[Any, Any]:
+    """Make SIGINT and SIGTERM set ``stop`` and wake the serving loop.
+
+    Returns what restores the handlers, and a socket that becomes readable
+    on such a signal (for the loop's poller; None off the main thread).
+    """
     import signal
+    import socket
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+        return (lambda: None), None
+    wake, waker = socket.socketpair()
+    waker.setblocking(False)
+
+    def handler(*_: Any) -> None:
+        stop.set()
+        try:
+            waker.send(b"\0")
+        except OSError:
+            pass
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, lambda *_: stop.set())
+        previous[signum] = signal.signal(signum, handler)
 
     def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return restore
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        wake.close()
+        waker.close()
+    return restore, wake
 
 
 class _Session:
@@ -249,7 +265,7 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
     # Signals only set a flag: a KeyboardInterrupt raised at an arbitrary
     # point could leave the producer's lock held and the context unclosable.
     stop = stop if stop is not None else threading.Event()
-    restore = _stop_on_signals(stop)
+    restore, wake = _stop_on_signals(stop)
     try:
         address = f"tcp://{host}:{port}" if port else f"tcp://{host}:*"
         if ":" in host and not host.startswith("["):
@@ -267,7 +283,7 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
         if ready is not None:
             ready.port = int(bound.rsplit(":", 1)[1])  # type: ignore[attr-defined]
             ready.set()
-        _serve(zmq, router, pipe, control, metadata, heartbeat, stop)
+        _serve(zmq, router, pipe, control, metadata, heartbeat, stop, wake)
     finally:
         restore()
         with control.cond:
@@ -288,10 +304,12 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
 
 def _serve(zmq: Any, router: Any, pipe: Any, control: _Control,
            metadata: dict[str, Any], heartbeat: float,
-           stop: threading.Event | None) -> None:
+           stop: threading.Event | None, wake: Any = None) -> None:
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
     poller.register(pipe, zmq.POLLIN)
+    if wake is not None:  # a signal: stop at once, not at the next timeout
+        poller.register(wake, zmq.POLLIN)
     session: _Session | None = None
 
     def send(frames: list[Any]) -> bool:
