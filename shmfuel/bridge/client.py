@@ -242,12 +242,19 @@ class ServerDataStream(AbstractDataStream):
     def _receive(self, connection: _Connection,
                  expected: set[str]) -> tuple[dict[str, Any], list[Any]]:
         zmq = self._zmq
-        if not connection.socket.poll(int(self.timeout * 1000), zmq.POLLIN):
-            raise BridgeTimeoutError(
-                f"no answer from the data server at {connection.address} "
-                f"within {self.timeout} s: is it running and reachable? "
-                "(python -m shmfuel serve module:factory --port ...)")
-        frames = connection.socket.recv_multipart(copy=False)
+        try:
+            frames = connection.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if connection.owed:  # about to wait: let the server send
+                connection.send(wire.CREDIT, credits=connection.owed)
+                connection.owed = 0
+            if not connection.socket.poll(int(self.timeout * 1000), zmq.POLLIN):
+                raise BridgeTimeoutError(
+                    f"no answer from the data server at {connection.address} "
+                    f"within {self.timeout} s: is it running and reachable? "
+                    "(python -m shmfuel serve module:factory --port ...)"
+                ) from None
+            frames = connection.socket.recv_multipart(copy=False)
         try:
             return wire.decode(frames, expected)
         except wire.WireError as exc:
@@ -307,11 +314,12 @@ class ServerDataStream(AbstractDataStream):
             connection.owed = 0
 
     def _next_message(self, connection: _Connection) -> tuple[dict[str, Any], list[Any]]:
-        """The next message of the current epoch (credits settled)."""
+        """The next message of the current epoch.
+
+        Credits go back a quarter of ``hwm`` at a time, and all that are
+        owed before waiting for the server (see ``_receive``).
+        """
         while True:
-            if connection.owed:
-                connection.send(wire.CREDIT, credits=connection.owed)
-                connection.owed = 0
             header, frames = self._receive(connection, wire.SERVER_TYPES)
             kind = header["type"]
             if kind == wire.HEARTBEAT:
