@@ -112,6 +112,13 @@ def test_mode_follows_the_environment(monkeypatch):
     assert control.mode() in ("shared", "socket")
 
 
+def test_spinning_only_when_every_process_has_a_cpu(monkeypatch):
+    monkeypatch.setattr(control.os, "sched_getaffinity", lambda pid: {0, 1},
+                        raising=False)
+    assert control.spin_s(1) == control.SPIN_S  # consumer + 1 producer
+    assert control.spin_s(2) == 0.0  # three processes, two CPUs
+
+
 def test_wake_messages_decode():
     messages, rest = layout.decode_messages(
         layout.encode_message(layout.MSG_WAKE) * 2 + b"\x01")

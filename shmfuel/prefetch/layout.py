@@ -87,23 +87,6 @@ def is_raw_array(value: Any) -> bool:
             and value.dtype.fields is None and value.dtype.subdtype is None)
 
 
-def signature(batch: Sequence[Any]) -> tuple[Any, ...] | None:
-    """``(dtype, shape)`` of each source if all are raw arrays, else None.
-
-    Batches with the same signature have the same layout, so the producer
-    plans it once and then only stamps the header and copies the data.
-    """
-    sig = []
-    for value in batch:
-        if type(value) is not numpy.ndarray:
-            return None
-        dtype = value.dtype
-        if dtype.hasobject or dtype.fields is not None or dtype.subdtype:
-            return None
-        sig.append((dtype, value.shape))
-    return tuple(sig)
-
-
 def stamp(buffer: Any, header: bytes, seq: int, epoch: int,
           busy_ns: int) -> None:
     """Write a planned header with this batch's sequence numbers."""

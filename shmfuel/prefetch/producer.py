@@ -225,8 +225,8 @@ class Producer:
         shapes as an earlier one in this slot reuse its plan, header and
         target views: only the stamp and the data are written.
         """
-        sig = []
-        for value in batch:
+        sig = []  # (dtype, shape) per source, if all are raw arrays
+        for value in batch:  # layout.is_raw_array, inlined: the hot path
             if type(value) is not _ndarray:
                 break
             dtype = value.dtype
