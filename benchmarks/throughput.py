@@ -17,6 +17,10 @@ reads every byte (``batch.sum()``), through:
 * raw pyzmq PUSH/PULL over tcp loopback, receiving without copies and
   sending without copies from 64 KiB (below that, pyzmq's copying send is
   the faster);
+* a Fuel-style server: Fuel's data server's way of sending, in a process
+  that runs the same pipeline and sends each batch down a PUSH socket as
+  a JSON header frame and one copied frame per array; the consumer parses
+  the header and receives the arrays without copies;
 * shmfuel's bridge (``start_server`` / ``ServerDataStream``);
 * ``torch.utils.data.DataLoader`` with 1 and 2 persistent workers, when
   torch is installed.
@@ -176,40 +180,73 @@ def run_queue(nbytes: int, count: int) -> Timing:
         queue.join_thread()
 
 
-def _zmq_producer(port: int, nbytes: int, count: int) -> None:
+def _push(port: int, nbytes: int, count: int, fuel_style: bool) -> None:
+    """Push ``count`` batches to ``port``: raw, or as Fuel's data server
+    does (the stream runs in a loop that sends each batch as a JSON list of
+    array headers, dtype, shape and order, then one copied frame per
+    array)."""
+    import json
+
     import zmq
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.SNDHWM, HWM)
     push.connect(f"tcp://127.0.0.1:{port}")
-    batch = batch_of(nbytes)
-    for _ in range(count):
-        push.send(batch, copy=nbytes < 65536)
+    if fuel_style:
+        for batch in trivial_stream(nbytes, count).get_epoch_iterator():
+            values = [numpy.ascontiguousarray(value) for value in batch]
+            headers = [{"descr": numpy.lib.format.dtype_to_descr(value.dtype),
+                        "shape": value.shape, "fortran_order": False}
+                       for value in values]
+            push.send(json.dumps(headers).encode(), zmq.SNDMORE)
+            for value in values[:-1]:
+                push.send(value, zmq.SNDMORE)
+            push.send(values[-1])
+    else:
+        batch = batch_of(nbytes)
+        for _ in range(count):
+            push.send(batch, copy=nbytes < 65536)
     # wait for the consumer's acknowledgement before closing (a closing
     # PUSH socket may drop its tail)
     push.close(linger=-1)
     context.term()
 
 
-def run_zmq(nbytes: int, count: int) -> Timing:
-    import zmq
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, HWM)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    producer = FORK.Process(target=_zmq_producer, args=(port, nbytes, count))
-    producer.start()
+def run_pull(fuel_style: bool) -> Callable[[int, int], Timing]:
+    def run(nbytes: int, count: int) -> Timing:
+        import json
 
-    def batches() -> Iterator[numpy.ndarray]:
-        while True:
-            frame = pull.recv(copy=False)
-            yield numpy.frombuffer(frame.buffer, numpy.float32)
-    try:
-        return consume(batches(), count)
-    finally:
-        producer.join(10)
-        pull.close(0)
-        context.term()
+        import zmq
+        context = zmq.Context()
+        pull = context.socket(zmq.PULL)
+        pull.setsockopt(zmq.RCVHWM, HWM)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        producer = FORK.Process(target=_push,
+                                args=(port, nbytes, count, fuel_style))
+        producer.start()
+
+        def raw() -> Iterator[numpy.ndarray]:
+            while True:
+                frame = pull.recv(copy=False)
+                yield numpy.frombuffer(frame.buffer, numpy.float32)
+
+        def fuel() -> Iterator[numpy.ndarray]:
+            while True:
+                values = []
+                for header in json.loads(pull.recv()):
+                    frame = pull.recv(copy=False)
+                    value = numpy.frombuffer(frame.buffer, numpy.lib.format
+                                             .descr_to_dtype(header["descr"]))
+                    value.shape = header["shape"]
+                    values.append(value)
+                yield values[0]
+        try:
+            return consume(fuel() if fuel_style else raw(), count)
+        finally:
+            producer.join(10)
+            pull.close(0)
+            context.term()
+    return run
 
 
 def _bridge_server(port: int, nbytes: int, count: int) -> None:
@@ -271,7 +308,8 @@ def transports() -> dict[str, Callable[[int, int], Timing]]:
         "multiprocessing.Queue": run_queue,
     }
     if importlib.util.find_spec("zmq") is not None:
-        found["pyzmq PUSH/PULL tcp"] = run_zmq
+        found["pyzmq PUSH/PULL tcp"] = run_pull(fuel_style=False)
+        found["Fuel-style server tcp"] = run_pull(fuel_style=True)
         found["shmfuel bridge tcp"] = run_bridge
     if importlib.util.find_spec("torch") is not None:
         found["torch DataLoader w=1"] = run_dataloader(1)

@@ -32,3 +32,12 @@ def slow():
 
 def lambdas():
     return Mapping(sequential_stream(), lambda d: (d[0], object()), add_sources=("thing",))
+
+
+def stuck_batch(data):
+    time.sleep(120)
+    return data
+
+
+def stuck():
+    return Mapping(sequential_stream(n=4), stuck_batch)

@@ -479,3 +479,68 @@ def test_a_signal_stops_the_server_at_once_not_at_its_next_poll():
         assert "server stopped" in server.process.stderr.read()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_interrupts_a_batch_that_takes_minutes(signum):
+    with Server("stuck", "--heartbeat", "0.2") as server:
+        client = server.client(sources=("x",))
+        try:
+            client.get_epoch_iterator()  # the server starts on a 120 s batch
+            # a heartbeat: the server is inside the stream's next()
+            socket = client._connections[0].socket
+            assert socket.poll(5000)
+            assert b"heartbeat" in socket.recv_multipart()[0]
+            server.process.send_signal(signum)
+            assert server.process.wait(10) == 0
+            assert "server stopped" in server.process.stderr.read()
+        finally:
+            client.close()
+
+
+def test_credits_go_back_a_quarter_of_hwm_at_a_time():
+    """A fake server counts the client's credit messages."""
+    import threading
+
+    from shmfuel.bridge import wire
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    credits, messages, batches = [], [], 40
+
+    def serve():
+        identity, frame = router.recv_multipart()
+        assert wire.decode([frame], wire.CLIENT_TYPES)[0]["type"] == "hello"
+        router.send_multipart([identity] + wire.encode(
+            wire.WELCOME, sources=["x"], produces_examples=False,
+            axis_labels=None, shard=None, allow_pickle=False, heartbeat=1.0))
+        granted, sent = 0, 0
+        while sent < batches or granted < batches:
+            if granted > sent and sent < batches:
+                router.send_multipart([identity] + wire.encode_batch(
+                    0, sent, (numpy.full(3, sent),)))
+                sent += 1
+                continue
+            if not router.poll(5000):
+                return
+            header, _ = wire.decode(router.recv_multipart()[1:], wire.CLIENT_TYPES)
+            messages.append(header["type"])
+            if header["type"] in ("epoch", "credit"):
+                credits.append(header["credits"])
+                granted += header["credits"]
+        router.send_multipart([identity] + wire.encode(wire.END, epoch=0))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    client = ServerDataStream(("x",), host="127.0.0.1", port=port, hwm=8, timeout=5)
+    try:
+        got = [int(x[0]) for x, in client.get_epoch_iterator()]
+    finally:
+        client.close()
+        thread.join(10)
+        router.close()
+        context.term()
+    assert got == list(range(batches))
+    # 8 with the epoch request, then 2 at a time: 16 messages for 40 batches
+    assert credits == [8] + [2] * 16

@@ -63,7 +63,11 @@ def test_unsafe_values_need_pickle_on_both_ends():
     ([b"\xff\xfe"], "not a JSON header"),
     ([b"[1]"], "the header is list"),
     ([b'{"v": 99, "type": "batch"}'], "protocol version 99"),
-    ([b'{"v": 1, "type": "launch"}'], "unexpected message type 'launch'"),
+    ([b'{"v": %d, "type": "launch"}' % wire.VERSION], "unexpected message type 'launch'"),
+    ([b'{"v": 1, "type": "batch", "epoch": 0, "seq": 0, "items": []}'], "protocol version 1"),
+    ([b"\x00sf"], "not a header"),
+    ([b"\x00zz" + bytes(17)], "not a header"),
+    ([wire.BATCH_HEAD.pack(wire.BATCH_MAGIC, 99, 0, 0) + b"[]"], "protocol version 99"),
 ])
 def test_malformed_headers(frames, message):
     with pytest.raises(wire.WireError, match=message):
@@ -87,7 +91,7 @@ def test_malformed_items(items, message):
 def test_control_messages():
     frames = wire.encode(wire.EPOCH, epoch=2, credits=10)
     header, rest = wire.decode(frames, wire.CLIENT_TYPES)
-    assert header == {"v": 1, "type": "epoch", "epoch": 2, "credits": 10}
+    assert header == {"v": wire.VERSION, "type": "epoch", "epoch": 2, "credits": 10}
     assert rest == []
     assert json.loads(frames[0])["type"] == "epoch"
 
@@ -112,3 +116,50 @@ def test_plain_lists_keep_values_and_types():
         assert repr(out) == repr(value)
     with pytest.raises(wire.UnsafeValueError, match="Level cannot be sent"):
         wire.encode_batch(0, 0, ([Level.LOW],))
+
+
+def test_batch_headers_are_binary_and_only_expected_from_servers():
+    frames = wire.encode_batch(7, 123456789012, (numpy.zeros(2, "<f4"),))
+    assert frames[0][:4] == wire.BATCH_MAGIC + bytes([wire.VERSION])
+    header, rest = wire.decode(frames, wire.SERVER_TYPES)
+    assert (header["type"], header["epoch"], header["seq"]) == ("batch", 7, 123456789012)
+    with pytest.raises(wire.WireError, match="unexpected message type 'batch'"):
+        wire.decode(frames, wire.CLIENT_TYPES)
+    with pytest.raises(wire.WireError, match="items are not JSON"):
+        wire.decode_batch(dict(header, items_json=b"[{"), rest)
+
+
+def wire_frames(frames):
+    return [bytes(memoryview(f).cast("B")) for f in frames]
+
+
+def test_array_layouts_are_remembered_on_both_ends():
+    encoder, decoder = wire.BatchEncoder(), wire.BatchDecoder()
+    for seq in range(3):
+        a = numpy.arange(6, dtype="<i2").reshape(2, 3) + seq
+        b = numpy.full((4,), seq, dtype=">f8")[::2]  # not contiguous: copied
+        frames = encoder.encode(0, seq, (a, b))
+        header, rest = wire.decode(wire_frames(frames), wire.SERVER_TYPES)
+        out_a, out_b = decoder.decode(header, rest)
+        numpy.testing.assert_array_equal(out_a, a)
+        numpy.testing.assert_array_equal(out_b, b)
+        assert (out_a.dtype, out_b.dtype) == (a.dtype, b.dtype)
+    assert len(encoder.layouts) == 1 and len(decoder.layouts) == 1
+    # a remembered layout still checks the frames it is given
+    with pytest.raises(wire.WireError, match="malformed 'array' item"):
+        decoder.decode(header, [b"\x00" * 12, b"\x00" * 3])
+    with pytest.raises(wire.WireError, match="has 1 data frames, its items need 2"):
+        decoder.decode(header, [b"\x00" * 12])
+    # other layouts and values that are not arrays take the full path
+    (label,) = decoder.decode(*wire.decode(encoder.encode(0, 9, ([1, 2],)),
+                                           wire.SERVER_TYPES))
+    assert label == [1, 2] and len(decoder.layouts) == 1
+
+
+def test_values_inlined_in_the_items_are_not_shared_between_batches():
+    decoder = wire.BatchDecoder()
+    frames = wire.encode_batch(0, 0, (["a", "b"],))
+    first = decoder.decode(*wire.decode(frames, wire.SERVER_TYPES))
+    first[0].append("mutated")
+    second = decoder.decode(*wire.decode(frames, wire.SERVER_TYPES))
+    assert second == [["a", "b"]]

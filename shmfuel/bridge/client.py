@@ -19,7 +19,7 @@ import logging
 import weakref
 from typing import Any
 
-from shmfuel.bridge import require_zmq, wire
+from shmfuel.bridge import recv_parts, require_zmq, send_parts, wire
 from shmfuel.exceptions import RemoteTraceback, ShmfuelError
 from shmfuel.iterator import DataIterator
 from shmfuel.streams import AbstractDataStream
@@ -65,7 +65,8 @@ def _remote_exception(header: dict[str, Any], address: str) -> BaseException:
 
 class _Connection:
     def __init__(self, context: Any, zmq: Any, host: str, port: int,
-                 curve_server_key: bytes | None, timeout: float) -> None:
+                 curve_server_key: bytes | None, timeout: float,
+                 hwm: int) -> None:
         self.zmq = zmq
         self.address = f"tcp://{host}:{port}"
         self.timeout = timeout
@@ -79,10 +80,27 @@ class _Connection:
             self.socket.curve_secretkey = secret
         self.socket.connect(self.address)
         self.owed = 0  # credits to give back
+        # Credits go back a quarter of hwm at a time. Then the server always
+        # holds or has sent at least hwm - owed > 0 of them, so a client
+        # waiting with fewer owed cannot deadlock it.
+        self.credit_every = max(1, hwm // 4)
+        self.credit_messages: dict[int, list[Any]] = {}
+
+    def give_credits(self) -> None:
+        """Send the credits owed."""
+        message = self.credit_messages.get(self.owed)
+        if message is None:
+            message = self.credit_messages[self.owed] = wire.encode(
+                wire.CREDIT, credits=self.owed)
+        self.send_frames(message)
+        self.owed = 0
 
     def send(self, kind: str, flags: int = 0, **fields: Any) -> None:
+        self.send_frames(wire.encode(kind, **fields), flags)
+
+    def send_frames(self, frames: list[Any], flags: int = 0) -> None:
         try:
-            self.socket.send_multipart(wire.encode(kind, **fields), flags)
+            send_parts(self.socket, frames, flags)
         except self.zmq.Again:
             raise BridgeTimeoutError(
                 f"could not send to the data server at {self.address} within "
@@ -183,9 +201,10 @@ class ServerDataStream(AbstractDataStream):
         zmq = require_zmq()
         self._zmq = zmq
         self._context = zmq.Context()
+        self._decoder = wire.BatchDecoder(self.allow_pickle)
         self._connections = [
             _Connection(self._context, zmq, host, port, self.curve_server_key,
-                        self.timeout)
+                        self.timeout, self.hwm)
             for host, port in self.addresses]
         self.connected = True
         # Garbage collection and interpreter exit close them too.
@@ -239,27 +258,45 @@ class ServerDataStream(AbstractDataStream):
             self.axis_labels = {renamed.get(k, k): tuple(v) if v is not None
                                 else None for k, v in labels.items()}
 
-    def _receive(self, connection: _Connection,
-                 expected: set[str]) -> tuple[dict[str, Any], list[Any]]:
+    def _frames(self, connection: _Connection) -> list[Any]:
+        """The next message's frames, waiting up to ``timeout``."""
         zmq = self._zmq
         try:
-            frames = connection.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            return recv_parts(connection.socket, zmq.NOBLOCK)
         except zmq.Again:
-            if connection.owed:  # about to wait: let the server send
-                connection.send(wire.CREDIT, credits=connection.owed)
-                connection.owed = 0
-            if not connection.socket.poll(int(self.timeout * 1000), zmq.POLLIN):
-                raise BridgeTimeoutError(
-                    f"no answer from the data server at {connection.address} "
-                    f"within {self.timeout} s: is it running and reachable? "
-                    "(python -m shmfuel serve module:factory --port ...)"
-                ) from None
-            frames = connection.socket.recv_multipart(copy=False)
+            pass
+        if connection.owed >= connection.credit_every:  # dropped batches'
+            connection.give_credits()
+        if not connection.socket.poll(int(self.timeout * 1000), zmq.POLLIN):
+            raise BridgeTimeoutError(
+                f"no answer from the data server at {connection.address} "
+                f"within {self.timeout} s: is it running and reachable? "
+                "(python -m shmfuel serve module:factory --port ...)"
+            ) from None
+        return recv_parts(connection.socket)
+
+    def _receive(self, connection: _Connection, expected: set[str],
+                 frames: list[Any] | None = None
+                 ) -> tuple[dict[str, Any], list[Any]]:
+        if frames is None:
+            frames = self._frames(connection)
         try:
             return wire.decode(frames, expected)
         except wire.WireError as exc:
-            raise wire.WireError(f"malformed message from "
-                                 f"{connection.address}: {exc}") from None
+            raise self._malformed(connection, exc) from None
+
+    @staticmethod
+    def _epoch_of(connection: _Connection, header: dict[str, Any]) -> int:
+        epoch = header.get("epoch")
+        if not isinstance(epoch, int):
+            raise wire.WireError(f"malformed message from {connection.address}: "
+                                 f"{header['type']} without an epoch")
+        return epoch
+
+    @staticmethod
+    def _malformed(connection: _Connection, exc: Exception) -> wire.WireError:
+        return wire.WireError(f"malformed message from {connection.address}: "
+                              f"{exc}")
 
     def close(self) -> None:
         """Say goodbye, close the sockets and the context. Idempotent."""
@@ -270,7 +307,8 @@ class ServerDataStream(AbstractDataStream):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_zmq", "_context", "_connections", "_finalizer"):
+        for key in ("_zmq", "_context", "_connections", "_finalizer",
+                    "_decoder"):
             state.pop(key, None)
         state["connected"] = False
         return state
@@ -307,28 +345,20 @@ class ServerDataStream(AbstractDataStream):
     def reset(self) -> None:
         """Nothing to do: each epoch iterator starts a new epoch."""
 
-    def _credit(self, connection: _Connection, now: bool = False) -> None:
-        connection.owed += 1
-        if now or connection.owed >= max(1, self.hwm // 4):
-            connection.send(wire.CREDIT, credits=connection.owed)
-            connection.owed = 0
+    def _next_message(self, connection: _Connection
+                      ) -> tuple[dict[str, Any], list[Any]]:
+        """The next message of the current epoch; batches of other epochs
+        are dropped.
 
-    def _next_message(self, connection: _Connection) -> tuple[dict[str, Any], list[Any]]:
-        """The next message of the current epoch.
-
-        Credits go back a quarter of ``hwm`` at a time, and all that are
-        owed before waiting for the server (see ``_receive``).
+        Credits go back a quarter of ``hwm`` at a time (see
+        ``_Connection``), those of dropped batches too.
         """
         while True:
             header, frames = self._receive(connection, wire.SERVER_TYPES)
             kind = header["type"]
             if kind == wire.HEARTBEAT:
                 continue
-            epoch = header.get("epoch")
-            if not isinstance(epoch, int):
-                raise wire.WireError(f"malformed message from "
-                                     f"{connection.address}: {kind} without "
-                                     "an epoch")
+            epoch = self._epoch_of(connection, header)
             if kind == wire.BATCH and epoch != self._epoch:
                 connection.owed += 1
             if epoch < self._epoch and kind != wire.ERROR:
@@ -336,50 +366,33 @@ class ServerDataStream(AbstractDataStream):
             return header, frames
 
     def get_data(self, request: Any = None) -> Any:
-        if request is not None:
-            raise ValueError(f"ServerDataStream takes no request, got {request!r}")
-        if self._broken is not None:
-            raise self._broken
-        if not self.connected:
-            raise ShmfuelError("call get_epoch_iterator() first")
-        if self._epoch_done:
-            if self._epoch_error is not None:
-                raise self._epoch_error
-            raise StopIteration
+        if (request is not None or self._epoch_done or self._broken is not None
+                or not self.connected):
+            self._not_ready(request)
+        connections = self._connections
+        connection = connections[self._position % len(connections)]
         try:
-            connections = self._connections
-            connection = connections[self._position % len(connections)]
-            header, frames = self._next_message(connection)
-            kind = header["type"]
-            if kind == wire.ERROR:
-                self._epoch_done = True
-                self._epoch_error = _remote_exception(header, connection.address)
-                raise self._epoch_error
-            if kind == wire.END:
-                self._epoch_done = True
-                for other in connections:
-                    if other is not connection:
-                        header, _ = self._next_message(other)
-                        if header["type"] == wire.ERROR:
-                            raise _remote_exception(header, other.address)
-                        if header["type"] != wire.END:
-                            raise ShmfuelError(
-                                f"the server at {other.address} still had "
-                                "batches when the epoch ended: the servers' "
-                                "pipelines are not per-batch")
-                raise StopIteration
-            if kind != wire.BATCH:
-                raise wire.WireError(f"unexpected {kind} message from "
-                                     f"{connection.address}")
-            values = wire.decode_batch(header, frames, self.allow_pickle)
+            while True:  # the hot path: a batch of this epoch
+                frames = self._frames(connection)
+                try:
+                    batch = self._decoder.batch(frames)
+                except wire.WireError as exc:
+                    raise self._malformed(connection, exc) from None
+                if batch is None:
+                    self._control(connection, frames)
+                    continue
+                epoch, _, values = batch
+                if epoch == self._epoch:
+                    break
+                connection.owed += 1  # dropped: from an abandoned epoch
             if len(values) != len(self._sources):
                 raise wire.WireError(
                     f"{connection.address} sent {len(values)} sources, "
                     f"expected {len(self._sources)}")
-            self._credit(connection)
+            connection.owed += 1
+            if connection.owed >= connection.credit_every:
+                connection.give_credits()
             self._position += 1
-        except StopIteration:
-            raise
         except (BridgeTimeoutError, wire.WireError) as exc:
             self._broken = exc
             raise
@@ -388,6 +401,52 @@ class ServerDataStream(AbstractDataStream):
             values = [v.copy() if isinstance(v, numpy.ndarray) else v
                       for v in values]
         return tuple(values)
+
+    def _not_ready(self, request: Any) -> None:
+        if request is not None:
+            raise ValueError(f"ServerDataStream takes no request, got {request!r}")
+        if self._broken is not None:
+            raise self._broken
+        if not self.connected:
+            raise ShmfuelError("call get_epoch_iterator() first")
+        if self._epoch_error is not None:
+            raise self._epoch_error
+        raise StopIteration
+
+    def _control(self, connection: _Connection, frames: list[Any]) -> None:
+        """Handle a message other than a batch where a batch was expected:
+        return for a heartbeat or an older epoch's end; end this epoch, or
+        raise the server's error."""
+        try:
+            header, _ = self._receive(connection, wire.SERVER_TYPES, frames)
+            kind = header["type"]
+            if kind == wire.HEARTBEAT:
+                return
+            if (self._epoch_of(connection, header) < self._epoch
+                    and kind != wire.ERROR):
+                return
+            if kind == wire.ERROR:
+                self._epoch_done = True
+                self._epoch_error = _remote_exception(header, connection.address)
+                raise self._epoch_error
+            if kind != wire.END:
+                raise wire.WireError(f"unexpected {kind} message from "
+                                     f"{connection.address}")
+            self._epoch_done = True
+            for other in self._connections:
+                if other is not connection:
+                    header, _ = self._next_message(other)
+                    if header["type"] == wire.ERROR:
+                        raise _remote_exception(header, other.address)
+                    if header["type"] != wire.END:
+                        raise ShmfuelError(
+                            f"the server at {other.address} still had "
+                            "batches when the epoch ended: the servers' "
+                            "pipelines are not per-batch")
+            raise StopIteration
+        except (BridgeTimeoutError, wire.WireError) as exc:
+            self._broken = exc
+            raise
 
 
 __all__ = ["BridgeTimeoutError", "ServerDataStream", "ServerError"]

@@ -2,24 +2,37 @@
 
 Threads and data flow::
 
-    client DEALER  <-tcp->  ROUTER (I/O thread: the caller of start_server)
-                              |  hello/epoch/credit/bye, heartbeats
-                              |  inproc PAIR, frames passed without copies
-                            producer thread: runs the stream, encodes batches
+    client DEALER  <-tcp->  ROUTER   the serving thread (the caller of
+                                     start_server): runs the stream, encodes
+                                     and sends its batches, and handles
+                                     hello/epoch/credit/bye between batches
+                            heartbeat thread: while the stream works on a
+                            batch, sends heartbeats on the same socket
+
+One thread does the work of a batch from ``next()`` to the socket: no
+hand-over between threads per batch. The serving thread owns the socket
+under ``_Server.lock`` and lets go of it only while the stream runs
+(``_Server.call``); the heartbeat thread takes it then, without waiting
+(a locked socket means the serving thread is sending anyway), so a slow
+batch is not mistaken for a dead server.
 
 One client is served at a time: a ``hello`` from a new client takes the
 server over (the previous client gets an error), so restarting a trainer
-never waits for the old one to time out. For the client being served the
-producer thread sends batches only while the client has granted credits
-(at most ``hwm`` outstanding), always in order, each tagged with its epoch;
-``epoch e`` from the client skips what is left of an older epoch, and the
-producer starts epoch ``e + 1`` on its own as soon as ``e`` ends (never
-further ahead). While the producer works on a slow batch, the I/O thread
-sends heartbeats, so the client can tell slow from dead.
+never waits for the old one to time out; it is answered once the batch
+being made is done. For the client being served, batches are sent only
+while the client has granted credits (at most ``hwm`` outstanding), always
+in order, each tagged with its epoch; ``epoch e`` from the client skips
+what is left of an older epoch, and the server starts epoch ``e + 1`` on
+its own as soon as ``e`` ends (never further ahead).
 
 An exception in the stream is sent to the client (type, message,
 traceback) after the batches before it, and the server keeps serving: the
 next ``epoch`` request starts a fresh epoch iterator of the stream.
+
+Stopping: SIGINT and SIGTERM (when serving from the main thread) set
+``stop`` and wake the loop; if the stream is running they also interrupt
+it there, so a slow batch does not delay the exit. ``stop`` set from
+another thread is seen between batches.
 """
 
 from __future__ import annotations
@@ -30,111 +43,21 @@ import time
 import traceback
 from typing import Any
 
-from shmfuel.bridge import require_zmq, wire
+from shmfuel.bridge import recv_parts, require_zmq, send_parts, wire
 
 log = logging.getLogger("shmfuel.server")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class _Control:
-    """What the I/O thread tells the producer thread (under ``cond``)."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.generation = 0       # one per client session
-        self.wanted: int | None = None  # the epoch the client is on
-        self.credits = 0
-        self.stop = False
+class _Interrupted(BaseException):
+    """A stop signal arrived while the stream was running."""
 
 
-class _Producer(threading.Thread):
-    def __init__(self, stream: Any, context: Any, endpoint: str,
-                 control: _Control, allow_pickle: bool) -> None:
-        super().__init__(name="shmfuel-server-producer", daemon=True)
-        self.stream = stream
-        self.control = control
-        self.allow_pickle = allow_pickle
-        zmq = require_zmq()
-        self.pipe = context.socket(zmq.PAIR)
-        self.pipe.setsockopt(zmq.LINGER, 0)
-        self.pipe.connect(endpoint)
-
-    def emit(self, generation: int, frames: list[Any]) -> None:
-        if self.control.stop:
-            return  # shutting down; the pipe may be closed already
-        self.pipe.send_multipart([str(generation).encode()] + frames,
-                                 copy=False)
-
-    def _ready(self, generation: int, epoch: int, phase: str) -> bool:
-        control = self.control
-        if control.stop or control.generation != generation:
-            return True
-        if control.wanted is None:
-            return False
-        return (control.wanted > epoch
-                or (phase == "producing" and control.credits > 0)
-                or (phase == "ended" and epoch <= control.wanted))
-
-    def run(self) -> None:
-        """Phases of an epoch: producing -> ended (END sent) or failed
-        (ERROR sent). An ended epoch is followed by the next one at once, a
-        failed one only when the client asks for a newer epoch."""
-        control = self.control
-        generation, epoch, phase, seq = -1, -1, "failed", 0
-        iterator: Any = None
-        try:
-            while True:
-                with control.cond:
-                    while not self._ready(generation, epoch, phase):
-                        control.cond.wait(0.5)
-                    if control.stop:
-                        return
-                    if control.generation != generation:
-                        generation, epoch, phase = control.generation, -1, "failed"
-                        continue
-                    if control.wanted is not None and control.wanted > epoch:
-                        epoch, phase = control.wanted, "open"
-                    elif phase == "ended":
-                        epoch, phase = epoch + 1, "open"
-                if phase == "open":
-                    seq = 0
-                    try:
-                        iterator = self.stream.get_epoch_iterator()
-                        phase = "producing"
-                    except Exception as exc:
-                        self.emit(generation, self.error(exc, epoch))
-                        phase = "failed"
-                    continue
-                try:
-                    batch = next(iterator)
-                    frames = wire.encode_batch(epoch, seq, batch,
-                                               self.allow_pickle)
-                except StopIteration:
-                    frames, phase = wire.encode(wire.END, epoch=epoch), "ended"
-                except Exception as exc:
-                    frames, phase = self.error(exc, epoch), "failed"
-                with control.cond:
-                    if (control.generation != generation
-                            or (control.wanted or 0) > epoch):
-                        continue  # the client moved on meanwhile
-                    if phase == "producing":
-                        control.credits -= 1
-                        seq += 1
-                self.emit(generation, frames)
-        finally:
-            self.pipe.close(0)
-
-    @staticmethod
-    def error(exc: BaseException, epoch: int) -> list[Any]:
-        log.warning("the stream raised %s: %s", type(exc).__name__, exc)
-        return wire.encode(wire.ERROR, exc_type=type(exc).__name__,
-                           message=str(exc), epoch=epoch,
-                           traceback=traceback.format_exc())
-
-
-def _stop_on_signals(stop: threading.Event) -> tuple[Any, Any]:
-    """Make SIGINT and SIGTERM set ``stop`` and wake the serving loop.
+def _stop_on_signals(stop: threading.Event,
+                     in_stream: Any) -> tuple[Any, Any]:
+    """Make SIGINT and SIGTERM set ``stop`` and wake the serving loop, and
+    interrupt the stream if ``in_stream()``.
 
     Returns what restores the handlers, and a socket that becomes readable
     on such a signal (for the loop's poller; None off the main thread).
@@ -152,6 +75,8 @@ def _stop_on_signals(stop: threading.Event) -> tuple[Any, Any]:
             waker.send(b"\0")
         except OSError:
             pass
+        if in_stream():
+            raise _Interrupted
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)
@@ -162,13 +87,6 @@ def _stop_on_signals(stop: threading.Event) -> tuple[Any, Any]:
         wake.close()
         waker.close()
     return restore, wake
-
-
-class _Session:
-    def __init__(self, identity: bytes, generation: int) -> None:
-        self.identity = identity
-        self.generation = generation
-        self.last_sent = time.monotonic()
 
 
 def _metadata(stream: Any, shard: tuple[int, int] | None,
@@ -192,9 +110,9 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
                  stop: threading.Event | None = None) -> None:
     """Serve ``data_stream`` to a :class:`ServerDataStream` over TCP.
 
-    Blocks until Ctrl-C, SIGTERM (when called from the main thread, both
-    only set a flag while it serves) or ``stop``; then it stops its
-    producer thread, closes its sockets and context, and returns.
+    Blocks until Ctrl-C or SIGTERM (when called from the main thread; they
+    interrupt the stream only while it makes a batch) or ``stop`` (seen
+    between batches); then it closes its socket and context, and returns.
 
     Parameters
     ----------
@@ -256,16 +174,10 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
     if curve_keypair is not None:
         router.curve_server = True
         router.curve_publickey, router.curve_secretkey = curve_keypair
-    pipe = context.socket(zmq.PAIR)
-    pipe.setsockopt(zmq.LINGER, 0)
-    endpoint = f"inproc://shmfuel-server-{id(pipe)}"
-    pipe.bind(endpoint)
-    control = _Control()
-    producer = _Producer(data_stream, context, endpoint, control, allow_pickle)
-    # Signals only set a flag: a KeyboardInterrupt raised at an arbitrary
-    # point could leave the producer's lock held and the context unclosable.
     stop = stop if stop is not None else threading.Event()
-    restore, wake = _stop_on_signals(stop)
+    server = _Server(zmq, router, data_stream, metadata, heartbeat,
+                     allow_pickle, stop)
+    restore, wake = _stop_on_signals(stop, lambda: server.in_stream)
     try:
         address = f"tcp://{host}:{port}" if port else f"tcp://{host}:*"
         if ":" in host and not host.startswith("["):
@@ -279,116 +191,225 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
                 "" if curve_keypair else ": anyone who can reach it can read "
                 "the data (pass curve_keypair to encrypt and authenticate)")
         log.info("serving %s on %s", type(data_stream).__name__, bound)
-        producer.start()
         if ready is not None:
             ready.port = int(bound.rsplit(":", 1)[1])  # type: ignore[attr-defined]
             ready.set()
-        _serve(zmq, router, pipe, control, metadata, heartbeat, stop, wake)
+        server.serve(wake)
+    except _Interrupted:
+        pass
     finally:
+        server.close()
         restore()
-        with control.cond:
-            control.stop = True
-            control.cond.notify_all()
-        if producer.is_alive():
-            producer.join(5)
-        if producer.is_alive():  # stuck in the stream's next()
-            log.warning("the producer thread is still busy; closing anyway")
-            producer.pipe.close(0)
         router.close(0)
-        pipe.close(0)
         context.term()
         if prefetcher is not None:
             prefetcher.close()
         log.info("server stopped")
 
 
-def _serve(zmq: Any, router: Any, pipe: Any, control: _Control,
-           metadata: dict[str, Any], heartbeat: float,
-           stop: threading.Event | None, wake: Any = None) -> None:
-    poller = zmq.Poller()
-    poller.register(router, zmq.POLLIN)
-    poller.register(pipe, zmq.POLLIN)
-    if wake is not None:  # a signal: stop at once, not at the next timeout
-        poller.register(wake, zmq.POLLIN)
-    session: _Session | None = None
+class _Session:
+    def __init__(self, identity: bytes) -> None:
+        self.identity = identity
+        self.last_sent = time.monotonic()
 
-    def send(frames: list[Any]) -> bool:
-        nonlocal session
+
+class _Server:
+    """The serving loop's state; see the module doc."""
+
+    def __init__(self, zmq: Any, router: Any, stream: Any,
+                 metadata: dict[str, Any], heartbeat: float,
+                 allow_pickle: bool, stop: threading.Event) -> None:
+        self.zmq = zmq
+        self.router = router
+        self.stream = stream
+        self.metadata = metadata
+        self.heartbeat = heartbeat
+        self.encoder = wire.BatchEncoder(allow_pickle)
+        self.stop = stop
+        self.session: _Session | None = None
+        self.wanted: int | None = None  # the epoch the client is on
+        self.credits = 0
+        self.epoch, self.phase, self.seq = -1, "failed", 0
+        self.iterator: Any = None
+        self.lock = threading.Lock()  # held by whoever uses the router
+        self.in_stream = False
+        self.closed = threading.Event()
+        self.beats = threading.Thread(target=self._beat, daemon=True,
+                                      name="shmfuel-server-heartbeat")
+
+    # -- the socket --------------------------------------------------------
+    def send(self, frames: list[Any]) -> bool:
+        session = self.session
         if session is None:
             return False
         try:
-            router.send_multipart([session.identity] + frames, copy=False)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
+            send_parts(self.router, [session.identity] + frames)
+        except self.zmq.ZMQError as exc:
+            if exc.errno != self.zmq.EHOSTUNREACH:
                 raise
             log.info("client went away; waiting for the next one")
-            end_session()
+            self.end_session()
             return False
         session.last_sent = time.monotonic()
         return True
 
-    def end_session() -> None:
-        nonlocal session
-        session = None
-        with control.cond:
-            control.generation += 1
-            control.wanted = None
-            control.credits = 0
-            control.cond.notify_all()
+    def end_session(self) -> None:
+        self.session = None
+        self.wanted, self.credits = None, 0
+        self.epoch, self.phase, self.iterator = -1, "failed", None
 
-    while stop is None or not stop.is_set():
-        events = dict(poller.poll(int(heartbeat * 1000 / 2)))
-        if router in events:
-            while True:
+    def receive(self) -> None:
+        """Handle every message waiting on the socket."""
+        zmq, router = self.zmq, self.router
+        while True:
+            try:
+                identity, *frames = recv_parts(router, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity = identity.bytes
+            try:
+                header, _ = wire.decode(frames, wire.CLIENT_TYPES)
+            except wire.WireError as exc:
+                log.warning("ignoring a malformed message: %s", exc)
                 try:
-                    identity, *frames = router.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    header, _ = wire.decode(frames, wire.CLIENT_TYPES)
-                except wire.WireError as exc:
-                    log.warning("ignoring a malformed message: %s", exc)
-                    try:
-                        router.send_multipart([identity] + wire.encode(
-                            wire.ERROR, exc_type="WireError", epoch=-1,
-                            message=f"malformed message: {exc}", traceback=""))
-                    except zmq.ZMQError:
-                        pass
+                    router.send_multipart([identity] + wire.encode(
+                        wire.ERROR, exc_type="WireError", epoch=-1,
+                        message=f"malformed message: {exc}", traceback=""))
+                except zmq.ZMQError:
+                    pass
+                continue
+            kind, session = header["type"], self.session
+            if kind == wire.HELLO:
+                if session is not None and session.identity != identity:
+                    self.send(wire.encode(
+                        wire.ERROR, exc_type="ConnectionError", epoch=-1,
+                        traceback="", message="another client took over "
+                                              "this server"))
+                    log.info("a new client takes over")
+                self.end_session()
+                self.session = _Session(identity)
+                self.send(wire.encode(wire.WELCOME, **self.metadata))
+            elif session is None or identity != session.identity:
+                continue  # a client that was taken over
+            elif kind == wire.EPOCH:
+                self.wanted = max(int(header.get("epoch", 0)), self.wanted or 0)
+                self.credits += int(header.get("credits", 0))
+            elif kind == wire.CREDIT:
+                self.credits += int(header.get("credits", 0))
+            elif kind == wire.BYE:
+                self.end_session()
+
+    # -- the stream ----------------------------------------------------------
+    def can_produce(self) -> bool:
+        wanted = self.wanted
+        if self.session is None or wanted is None:
+            return False
+        return (wanted > self.epoch
+                or (self.phase == "producing" and self.credits > 0)
+                or (self.phase == "ended" and self.epoch <= wanted))
+
+    def call(self, function: Any, *args: Any) -> Any:
+        """Run the stream's code; the heartbeat thread may use the socket
+        meanwhile."""
+        self.in_stream = True
+        self.lock.release()
+        try:
+            return function(*args)
+        finally:
+            self.lock.acquire()
+            self.in_stream = False
+
+    def step(self) -> None:
+        """Open the next epoch, or send its next message: a batch, END or
+        ERROR. An epoch goes open -> producing -> ended (END sent) or
+        failed (ERROR sent); an ended epoch is followed by the next one at
+        once, a failed one only when the client asks for a newer one.
+        """
+        wanted = self.wanted or 0
+        if wanted > self.epoch:
+            self.epoch, self.phase = wanted, "open"
+        elif self.phase == "ended":
+            self.epoch, self.phase = self.epoch + 1, "open"
+        epoch, session = self.epoch, self.session
+        if self.phase == "open":
+            self.seq = 0
+            try:
+                self.iterator = self.call(self.stream.get_epoch_iterator)
+                self.phase = "producing"
+            except Exception as exc:
+                self.send(self.error(exc, epoch))
+                self.phase = "failed"
+            return
+        try:
+            frames = self.encoder.encode(epoch, self.seq,
+                                         self.call(next, self.iterator))
+        except StopIteration:
+            frames, self.phase = wire.encode(wire.END, epoch=epoch), "ended"
+        except Exception as exc:
+            frames, self.phase = self.error(exc, epoch), "failed"
+        if self.session is not session:  # the client went away meanwhile
+            return
+        if self.phase == "producing":
+            self.credits -= 1
+            self.seq += 1
+        self.send(frames)
+
+    @staticmethod
+    def error(exc: BaseException, epoch: int) -> list[Any]:
+        log.warning("the stream raised %s: %s", type(exc).__name__, exc)
+        return wire.encode(wire.ERROR, exc_type=type(exc).__name__,
+                           message=str(exc), epoch=epoch,
+                           traceback=traceback.format_exc())
+
+    # -- the loop ------------------------------------------------------------
+    def serve(self, wake: Any = None) -> None:
+        """Serve until ``stop`` is set."""
+        zmq, router, stop = self.zmq, self.router, self.stop
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        if wake is not None:  # a signal: stop at once, not at the next timeout
+            poller.register(wake, zmq.POLLIN)
+        wait_ms = int(self.heartbeat * 1000 / 2)
+        events, pollin = zmq.EVENTS, int(zmq.POLLIN)
+        steps = 0
+        self.lock.acquire()
+        self.beats.start()
+        while not stop.is_set():
+            if self.can_produce():
+                # credits, a newer epoch, a new client: looked for every few
+                # batches, and whenever there is nothing to do
+                steps += 1
+                if not steps % 8 and router.getsockopt(events) & pollin:
+                    self.receive()
                     continue
-                kind = header["type"]
-                if kind == wire.HELLO:
-                    if session is not None and session.identity != identity:
-                        send(wire.encode(wire.ERROR, exc_type="ConnectionError",
-                                         epoch=-1, traceback="",
-                                         message="another client took over "
-                                                 "this server"))
-                        log.info("a new client takes over")
-                    end_session()
-                    session = _Session(identity, control.generation)
-                    send(wire.encode(wire.WELCOME, **metadata))
-                elif session is None or identity != session.identity:
-                    continue  # a client that was taken over
-                elif kind == wire.EPOCH:
-                    with control.cond:
-                        control.wanted = max(int(header.get("epoch", 0)),
-                                             control.wanted or 0)
-                        control.credits += int(header.get("credits", 0))
-                        control.cond.notify_all()
-                elif kind == wire.CREDIT:
-                    with control.cond:
-                        control.credits += int(header.get("credits", 0))
-                        control.cond.notify_all()
-                elif kind == wire.BYE:
-                    end_session()
-        if pipe in events:
-            while True:
-                try:
-                    generation, *frames = pipe.recv_multipart(zmq.NOBLOCK,
-                                                              copy=False)
-                except zmq.Again:
-                    break
-                if session is not None and int(generation.bytes) == session.generation:
-                    send(frames)
-        if (session is not None and control.credits > 0
-                and time.monotonic() - session.last_sent >= heartbeat):
-            send(wire.encode(wire.HEARTBEAT))
+                self.step()
+                continue
+            if poller.poll(wait_ms):
+                self.receive()
+            session = self.session
+            if (session is not None and self.credits > 0
+                    and time.monotonic() - session.last_sent >= self.heartbeat):
+                self.send(wire.encode(wire.HEARTBEAT))
+
+    def _beat(self) -> None:
+        """While the stream runs, keep the client from timing out."""
+        heartbeat = wire.encode(wire.HEARTBEAT)
+        while not self.closed.wait(self.heartbeat / 4):
+            if not self.in_stream or not self.lock.acquire(blocking=False):
+                continue  # the serving thread has the socket
+            try:
+                session = self.session
+                if (self.in_stream and session is not None and
+                        time.monotonic() - session.last_sent >= self.heartbeat):
+                    send_parts(self.router, [session.identity] + heartbeat)
+                    session.last_sent = time.monotonic()
+            except self.zmq.ZMQError:
+                pass  # the serving thread finds out on its next send
+            finally:
+                self.lock.release()
+
+    def close(self) -> None:
+        """Stop the heartbeat thread; the socket is then the caller's."""
+        self.closed.set()
+        if self.beats.is_alive():
+            self.beats.join()
