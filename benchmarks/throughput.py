@@ -31,7 +31,8 @@ first fill (new slots must be zeroed by the kernel: about 25 ms per 38.5 MB
 slot here) nor its final drain counts; the JSON also has the rate from the
 first batch to the last (``whole_run``). Median of ``--repeat`` runs; the
 table gives batches/s, GB/s and the ratio to the Prefetcher with one
-producer.
+producer. The repeats run in rounds, every transport once per round, so
+that a slow phase of a noisy machine does not fall on one transport only.
 
     python benchmarks/throughput.py [--quick] [--repeat 3]
 """
@@ -340,8 +341,13 @@ def main() -> None:
         nbytes = SIZES[label]
         count = 20 if args.quick else COUNTS[label]
         results[label] = {}
-        for name, run in runs.items():
-            timings = [run(nbytes, count) for _ in range(1 if args.quick else args.repeat)]
+        # rounds of every transport in turn: a phase of this machine's
+        # varying speed then touches all of them, not one
+        timed: dict[str, list[Timing]] = {name: [] for name in runs}
+        for _ in range(1 if args.quick else args.repeat):
+            for name, run in runs.items():
+                timed[name].append(run(nbytes, count))
+        for name, timings in timed.items():
             rate = [t.steady_batches / t.steady_s for t in timings]
             whole = [t.whole_batches / t.whole_s for t in timings]
             results[label][name] = {

@@ -498,7 +498,7 @@ def test_a_signal_interrupts_a_batch_that_takes_minutes(signum):
             client.close()
 
 
-def test_credits_go_back_a_quarter_of_hwm_at_a_time():
+def test_credits_go_back_half_of_hwm_at_a_time():
     """A fake server counts the client's credit messages."""
     import threading
 
@@ -542,5 +542,5 @@ def test_credits_go_back_a_quarter_of_hwm_at_a_time():
         router.close()
         context.term()
     assert got == list(range(batches))
-    # 8 with the epoch request, then 2 at a time: 16 messages for 40 batches
-    assert credits == [8] + [2] * 16
+    # 8 with the epoch request, then 4 at a time: 8 messages for 40 batches
+    assert credits == [8] + [4] * 8

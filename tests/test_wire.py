@@ -19,13 +19,40 @@ def roundtrip(batch, allow_pickle=False):
     return wire.decode_batch(header, rest, allow_pickle)
 
 
+def wire_frames(frames):
+    return [bytes(memoryview(f).cast("B")) for f in frames]
+
+
 def test_arrays_travel_as_raw_frames():
     a = numpy.arange(12, dtype=">f4").reshape(3, 4)[:, ::2]
-    frames = wire.encode_batch(0, 0, (a,))
-    assert len(frames) == 2
-    (out,) = roundtrip((a,))
-    numpy.testing.assert_array_equal(out, a)
-    assert out.dtype == a.dtype
+    big = numpy.arange(wire.INLINE_BYTES // 8, dtype="<f8")
+    assert len(wire.encode_batch(0, 0, (a,))) == 1  # small: inline
+    assert len(wire.encode_batch(0, 0, (a, big))) == 3  # a frame each
+    for batch in [(a,), (a, big), (big, a, a)]:
+        out = roundtrip(batch)
+        for sent, got in zip(batch, out):
+            numpy.testing.assert_array_equal(got, sent)
+            assert got.dtype == sent.dtype
+
+
+def test_inline_arrays_are_aligned_and_bounded():
+    batch = (numpy.arange(3, dtype="u1"), numpy.arange(5, dtype="<f8"),
+             numpy.zeros((0, 2), dtype="<i4"), numpy.full((), 2.5))
+    (frame,) = wire.encode_batch(0, 0, batch)
+    base = numpy.frombuffer(frame, numpy.uint8).ctypes.data
+    header, rest = wire.decode([frame], wire.SERVER_TYPES)
+    for decoder in (wire.BatchDecoder(), wire.BatchDecoder()):
+        for out in (decoder.decode(header, rest), decoder.batch([frame])[2],
+                    decoder.batch([frame])[2]):
+            for sent, got in zip(batch, out):
+                numpy.testing.assert_array_equal(got, sent)
+                assert got.shape == sent.shape and got.dtype == sent.dtype
+                assert (got.ctypes.data - base) % 16 == 0
+    cut = frame[:-8]  # the last array's bytes cut short
+    with pytest.raises(wire.WireError, match="runs past the"):
+        wire.BatchDecoder().decode(*wire.decode([cut], wire.SERVER_TYPES))
+    with pytest.raises(wire.WireError, match="malformed 'array' item"):
+        decoder.batch([cut])  # a decoder that knows the layout
 
 
 @pytest.mark.parametrize("value", [
@@ -67,7 +94,9 @@ def test_unsafe_values_need_pickle_on_both_ends():
     ([b'{"v": 1, "type": "batch", "epoch": 0, "seq": 0, "items": []}'], "protocol version 1"),
     ([b"\x00sf"], "not a header"),
     ([b"\x00zz" + bytes(17)], "not a header"),
-    ([wire.BATCH_HEAD.pack(wire.BATCH_MAGIC, 99, 0, 0) + b"[]"], "protocol version 99"),
+    ([wire.BATCH_HEAD.pack(wire.BATCH_MAGIC, 99, 2, 0, 0) + b"[]"], "protocol version 99"),
+    ([wire.BATCH_HEAD.pack(wire.BATCH_MAGIC, wire.VERSION, 9, 0, 0) + b"[]"],
+     "items .9 bytes. run past the end"),
 ])
 def test_malformed_headers(frames, message):
     with pytest.raises(wire.WireError, match=message):
@@ -129,31 +158,30 @@ def test_batch_headers_are_binary_and_only_expected_from_servers():
         wire.decode_batch(dict(header, items_json=b"[{"), rest)
 
 
-def wire_frames(frames):
-    return [bytes(memoryview(f).cast("B")) for f in frames]
-
-
-def test_array_layouts_are_remembered_on_both_ends():
+@pytest.mark.parametrize("rows", [2, 2048])  # inline, a frame each
+def test_array_layouts_are_remembered_on_both_ends(rows):
     encoder, decoder = wire.BatchEncoder(), wire.BatchDecoder()
     for seq in range(3):
-        a = numpy.arange(6, dtype="<i2").reshape(2, 3) + seq
-        b = numpy.full((4,), seq, dtype=">f8")[::2]  # not contiguous: copied
-        frames = encoder.encode(0, seq, (a, b))
-        header, rest = wire.decode(wire_frames(frames), wire.SERVER_TYPES)
-        out_a, out_b = decoder.decode(header, rest)
+        a = numpy.arange(rows * 3, dtype="<i2").reshape(rows, 3) + seq
+        b = numpy.full((rows * 4,), seq, dtype=">f8")[::2]  # not contiguous
+        frames = wire_frames(encoder.encode(0, seq, (a, b)))
+        epoch, got_seq, (out_a, out_b) = decoder.batch(frames)
+        assert (epoch, got_seq) == (0, seq)
         numpy.testing.assert_array_equal(out_a, a)
         numpy.testing.assert_array_equal(out_b, b)
         assert (out_a.dtype, out_b.dtype) == (a.dtype, b.dtype)
     assert len(encoder.layouts) == 1 and len(decoder.layouts) == 1
     # a remembered layout still checks the frames it is given
+    short = [frames[0][:-3]] + [f[:-3] for f in frames[1:]]
     with pytest.raises(wire.WireError, match="malformed 'array' item"):
-        decoder.decode(header, [b"\x00" * 12, b"\x00" * 3])
-    with pytest.raises(wire.WireError, match="has 1 data frames, its items need 2"):
-        decoder.decode(header, [b"\x00" * 12])
-    # other layouts and values that are not arrays take the full path
-    (label,) = decoder.decode(*wire.decode(encoder.encode(0, 9, ([1, 2],)),
-                                           wire.SERVER_TYPES))
+        decoder.batch(short)
+    if len(frames) > 1:
+        with pytest.raises(wire.WireError, match="malformed 'array' item"):
+            decoder.batch(frames[:2])
+    # values that are not arrays take the full path, and are not remembered
+    (label,) = decoder.batch(encoder.encode(0, 9, ([1, 2],)))[2]
     assert label == [1, 2] and len(decoder.layouts) == 1
+    assert decoder.batch(wire.encode(wire.HEARTBEAT)) is None
 
 
 def test_values_inlined_in_the_items_are_not_shared_between_batches():

@@ -28,10 +28,10 @@ _SNDMORE, _NOBLOCK = 2, 1  # ZMQ_SNDMORE, ZMQ_DONTWAIT
 def send_parts(socket: Any, parts: list[Any], flags: int = 0) -> None:
     """Send ``parts`` as one message; buffers of 64 KiB and more are not
     copied (pyzmq copies smaller ones)."""
-    last = len(parts) - 1
-    for index, part in enumerate(parts):
-        socket.send(part, flags | _SNDMORE if index < last else flags,
-                    copy=False)
+    send, more = socket.send, flags | _SNDMORE
+    for part in parts[:-1]:
+        send(part, more, copy=False)
+    send(parts[-1], flags, copy=False)
 
 
 def recv_parts(socket: Any, flags: int = 0) -> list[Any]:

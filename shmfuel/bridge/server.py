@@ -48,6 +48,7 @@ from shmfuel.bridge import recv_parts, require_zmq, send_parts, wire
 log = logging.getLogger("shmfuel.server")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+BURST = 8  # batches sent before looking for the client's messages
 
 
 class _Interrupted(BaseException):
@@ -330,7 +331,7 @@ class _Server:
             self.epoch, self.phase = wanted, "open"
         elif self.phase == "ended":
             self.epoch, self.phase = self.epoch + 1, "open"
-        epoch, session = self.epoch, self.session
+        epoch = self.epoch
         if self.phase == "open":
             self.seq = 0
             try:
@@ -340,19 +341,31 @@ class _Server:
                 self.send(self.error(exc, epoch))
                 self.phase = "failed"
             return
-        try:
-            frames = self.encoder.encode(epoch, self.seq,
-                                         self.call(next, self.iterator))
-        except StopIteration:
-            frames, self.phase = wire.encode(wire.END, epoch=epoch), "ended"
-        except Exception as exc:
-            frames, self.phase = self.error(exc, epoch), "failed"
-        if self.session is not session:  # the client went away meanwhile
-            return
-        if self.phase == "producing":
+        self._produce(epoch)
+
+    def _produce(self, epoch: int) -> None:
+        """Send up to ``BURST`` messages of ``epoch`` while credits last:
+        the hot loop (the caller then looks at the socket)."""
+        lock, encode, iterator = self.lock, self.encoder.encode, self.iterator
+        for _ in range(BURST):
+            self.in_stream = True  # the heartbeat thread may use the socket
+            lock.release()
+            try:
+                frames = encode(epoch, self.seq, next(iterator))
+            except StopIteration:
+                frames, self.phase = wire.encode(wire.END, epoch=epoch), "ended"
+            except Exception as exc:
+                frames, self.phase = self.error(exc, epoch), "failed"
+            finally:
+                lock.acquire()
+                self.in_stream = False
+            if self.phase != "producing":
+                self.send(frames)
+                return
             self.credits -= 1
             self.seq += 1
-        self.send(frames)
+            if not self.send(frames) or self.credits <= 0:
+                return
 
     @staticmethod
     def error(exc: BaseException, epoch: int) -> list[Any]:
@@ -371,18 +384,15 @@ class _Server:
             poller.register(wake, zmq.POLLIN)
         wait_ms = int(self.heartbeat * 1000 / 2)
         events, pollin = zmq.EVENTS, int(zmq.POLLIN)
-        steps = 0
         self.lock.acquire()
         self.beats.start()
         while not stop.is_set():
             if self.can_produce():
-                # credits, a newer epoch, a new client: looked for every few
-                # batches, and whenever there is nothing to do
-                steps += 1
-                if not steps % 8 and router.getsockopt(events) & pollin:
-                    self.receive()
-                    continue
                 self.step()
+                # credits, a newer epoch, a new client: looked for after
+                # every few batches, and whenever there is nothing to do
+                if router.getsockopt(events) & pollin:
+                    self.receive()
                 continue
             if poller.poll(wait_ms):
                 self.receive()
