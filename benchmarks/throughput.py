@@ -12,6 +12,10 @@ reads every byte (``batch.sum()``), through:
   two (on a 2-core machine they also share the memory bandwidth);
 * ``memcpy + read``: the copy, then the read, one after the other in one
   process (what a consumer that made its own batches would do);
+* ``bare shm ring``: a producer process copying the batch into a ring of
+  ``hwm`` shared-memory slots and bumping a counter, the consumer spinning
+  on it: the least any shared-memory transport written in Python does per
+  batch (the reference behind the 512-byte target);
 * shmfuel's ``Prefetcher`` with 1 and 2 producers;
 * ``multiprocessing.Queue`` (pickling through a pipe);
 * raw pyzmq PUSH/PULL over tcp loopback, receiving without copies and
@@ -152,6 +156,56 @@ def run_memcpy(read: bool) -> Callable[[int, int], Timing]:
 
 def run_read(nbytes: int, count: int) -> Timing:
     return consume(itertools.cycle(_ring_of_buffers(nbytes)), count)
+
+
+def _ring_producer(shm: Any, nbytes: int, count: int) -> None:
+    words = memoryview(shm.buf).cast("Q")  # [0] written, [8] read
+    slots = _ring_slots(shm, nbytes)
+    batch = batch_of(nbytes)
+    for written in range(count):
+        while written - words[8] >= HWM:
+            pass
+        slots[written % HWM][...] = batch
+        words[0] = written + 1
+    del words, slots
+
+
+def _ring_slots(shm: Any, nbytes: int) -> list[numpy.ndarray]:
+    step = -(-nbytes // 4096) * 4096
+    return [numpy.ndarray(nbytes // 4, numpy.float32, shm.buf, 4096 + i * step)
+            for i in range(HWM)]
+
+
+def run_bare_ring(nbytes: int, count: int) -> Timing:
+    """A ring of ``hwm`` shared-memory slots and two counters, both sides
+    spinning: the least a shared-memory transport written in Python does
+    per batch (no pipeline, no layout, no waiting without a core; correct
+    only where stores become visible in order, as on x86)."""
+    from multiprocessing import shared_memory
+    step = -(-nbytes // 4096) * 4096
+    shm = shared_memory.SharedMemory(create=True, size=4096 + HWM * step)
+    ring = {"words": memoryview(shm.buf).cast("Q"),
+            "slots": _ring_slots(shm, nbytes)}
+    ring["words"][0] = ring["words"][8] = 0
+    producer = FORK.Process(target=_ring_producer, args=(shm, nbytes, count))
+    producer.start()
+
+    def batches() -> Iterator[numpy.ndarray]:
+        words, slots = ring["words"], ring["slots"]
+        for read in itertools.count():
+            while words[0] <= read:
+                pass
+            yield slots[read % HWM].view()
+            words[8] = read + 1  # freed once the next batch is asked for
+    taken = batches()
+    try:
+        return consume(taken, count)
+    finally:
+        producer.join(10)
+        taken.close()
+        ring.clear()  # no view of the segment may outlive it
+        shm.close()
+        shm.unlink()
 
 
 def run_prefetcher(workers: int) -> Callable[[int, int], Timing]:
@@ -304,6 +358,7 @@ def transports() -> dict[str, Callable[[int, int], Timing]]:
         "memcpy": run_memcpy(read=False),
         "read": run_read,
         "memcpy + read": run_memcpy(read=True),
+        "bare shm ring": run_bare_ring,
         "shmfuel Prefetcher w=1": run_prefetcher(1),
         "shmfuel Prefetcher w=2": run_prefetcher(2),
         "multiprocessing.Queue": run_queue,
