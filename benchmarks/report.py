@@ -15,9 +15,10 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = ["512 B", "64 KiB", "1 MiB", "38.5 MB"]
-TRANSPORTS = ["memcpy", "read", "memcpy + read", "shmfuel Prefetcher w=1",
-              "shmfuel Prefetcher w=2", "multiprocessing.Queue",
-              "pyzmq PUSH/PULL tcp", "shmfuel bridge tcp",
+TRANSPORTS = ["memcpy", "read", "memcpy + read", "bare shm ring",
+              "shmfuel Prefetcher w=1", "shmfuel Prefetcher w=2",
+              "multiprocessing.Queue", "pyzmq PUSH/PULL tcp",
+              "Fuel-style server tcp", "shmfuel bridge tcp",
               "torch DataLoader w=1", "torch DataLoader w=2"]
 
 
@@ -123,7 +124,7 @@ REPORTS = [
      gpu_idle_table),
     ("throughput.json", "python benchmarks/throughput.py", throughput_table),
     ("throughput_512B_hwm64.json", "python benchmarks/throughput.py --sizes "
-     "'512 B' --hwm 64 --only memcpy read Prefetcher pyzmq "
+     "'512 B' --hwm 64 --only memcpy read ring Prefetcher pyzmq "
      "--out benchmarks/results/throughput_512B_hwm64.json", throughput_table),
     ("scaling.json", "python benchmarks/scaling.py", scaling_lines),
     ("disk_datasets.json", "python benchmarks/disk_datasets.py", disk_table),
