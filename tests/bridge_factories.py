@@ -41,3 +41,20 @@ def stuck_batch(data):
 
 def stuck():
     return Mapping(sequential_stream(n=4), stuck_batch)
+
+
+class _Reused:
+    """Writes every batch into the same buffer, as a pipeline that
+    preallocates its output may."""
+
+    def __init__(self):
+        import numpy
+        self.buffer = numpy.empty(1 << 15)  # 256 KiB: a frame of its own
+
+    def __call__(self, data):
+        self.buffer[...] = data[0][0]
+        return (self.buffer,)
+
+
+def reuses_its_buffer():
+    return Mapping(sequential_stream(n=16, batch_size=1), _Reused())

@@ -544,3 +544,15 @@ def test_credits_go_back_half_of_hwm_at_a_time():
     assert got == list(range(batches))
     # 8 with the epoch request, then 4 at a time: 8 messages for 40 batches
     assert credits == [8] + [4] * 8
+
+
+def test_a_stream_that_reuses_its_buffer_sends_every_batch_intact():
+    with Server("reuses_its_buffer") as server:
+        client = server.client(sources=("x",), hwm=8)
+        try:
+            for _ in range(3):
+                epoch = [x.copy() for x, in client.get_epoch_iterator()]
+                assert [float(x[0]) for x in epoch] == list(range(16))
+                assert all((x == x[0]).all() for x in epoch)
+        finally:
+            client.close()

@@ -191,3 +191,33 @@ def test_values_inlined_in_the_items_are_not_shared_between_batches():
     first[0].append("mutated")
     second = decoder.decode(*wire.decode(frames, wire.SERVER_TYPES))
     assert second == [["a", "b"]]
+
+
+def test_big_arrays_are_sent_as_they_are_only_when_nothing_else_can_write_them():
+    import weakref
+    n = wire.INLINE_BYTES // 8  # a frame of its own
+    made = []
+
+    def fresh():
+        array = numpy.ones(n)
+        made.append(weakref.ref(array))
+        return array
+    encoder = wire.BatchEncoder()
+    (_, sent) = encoder.encode(0, 0, (fresh(),))
+    assert sent is made[0]()  # nobody else holds it: no copy
+    held = numpy.ones(n)  # the stream keeps it, and may write into it
+    (_, sent) = encoder.encode(0, 1, (held,))
+    assert sent is not held and not numpy.shares_memory(sent, held)
+    base = numpy.ones(n)
+    (_, sent) = encoder.encode(0, 2, (base[:],))  # a view: its base may change
+    assert not numpy.shares_memory(sent, base)
+    (_, sent) = wire.BatchEncoder(share=True).encode(0, 3, (held,))
+    assert sent is held  # the caller vouches for it (a Prefetcher's views)
+    for frames in (encoder.encode(0, 4, (held,)), [encoder.encode(0, 5, (held,))[0], held]):
+        (out,) = wire.BatchDecoder().batch(frames)[2]
+        numpy.testing.assert_array_equal(out, held)
+    # beside values that are not arrays: copied unless shared
+    sent = encoder.encode(0, 6, (held, ["a"]))[1]
+    assert not numpy.shares_memory(sent, held)
+    sent = wire.BatchEncoder(share=True).encode(0, 7, (held, ["a"]))[1]
+    assert sent is held

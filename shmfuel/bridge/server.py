@@ -177,7 +177,8 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
         router.curve_publickey, router.curve_secretkey = curve_keypair
     stop = stop if stop is not None else threading.Event()
     server = _Server(zmq, router, data_stream, metadata, heartbeat,
-                     allow_pickle, stop)
+                     wire.BatchEncoder(allow_pickle, share=prefetcher is not None),
+                     stop)
     restore, wake = _stop_on_signals(stop, lambda: server.in_stream)
     try:
         address = f"tcp://{host}:{port}" if port else f"tcp://{host}:*"
@@ -219,13 +220,13 @@ class _Server:
 
     def __init__(self, zmq: Any, router: Any, stream: Any,
                  metadata: dict[str, Any], heartbeat: float,
-                 allow_pickle: bool, stop: threading.Event) -> None:
+                 encoder: wire.BatchEncoder, stop: threading.Event) -> None:
         self.zmq = zmq
         self.router = router
         self.stream = stream
         self.metadata = metadata
         self.heartbeat = heartbeat
-        self.encoder = wire.BatchEncoder(allow_pickle)
+        self.encoder = encoder
         self.stop = stop
         self.session: _Session | None = None
         self.wanted: int | None = None  # the epoch the client is on

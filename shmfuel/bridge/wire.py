@@ -52,6 +52,7 @@ import json
 import math
 import pickle
 import struct
+import sys
 from typing import Any
 
 import numpy
@@ -62,6 +63,7 @@ VERSION = 2
 BATCH_MAGIC = b"\0sf"
 BATCH_HEAD = struct.Struct("<3sBIqq")  # magic, version, items' length, epoch, seq
 INLINE_BYTES = 1 << 16  # arrays of a batch smaller than this in all: frame 0
+ZMQ_COPIES_BELOW = 1 << 16  # pyzmq copies smaller frames into the message
 _ALIGN = 16
 _LAYOUTS_KEPT = 64  # array layouts each end remembers
 
@@ -181,8 +183,9 @@ def _leaf_types(value: list[Any]) -> set[type] | None:
 
 
 class _Encoder:
-    def __init__(self, allow_pickle: bool) -> None:
+    def __init__(self, allow_pickle: bool, share: bool = False) -> None:
         self.allow_pickle = allow_pickle
+        self.share = share  # see BatchEncoder
         self.buffers: list[Any] = []
 
     def frame(self, buffer: Any) -> int:
@@ -197,6 +200,9 @@ class _Encoder:
             return value
         if _is_raw_array(value):
             array = numpy.ascontiguousarray(value)
+            if (array is value and not self.share
+                    and array.nbytes >= ZMQ_COPIES_BELOW):
+                array = value.copy()  # the stream may write into it later
             return {"t": "array", "dtype": array.dtype.str,
                     "shape": list(array.shape), "frame": self.frame(array)}
         if kind is list:
@@ -323,37 +329,56 @@ class _Decoder:
 
 
 class BatchEncoder:
-    """Encodes batches, remembering the items' JSON of array-only ones."""
+    """Encodes batches, remembering the items' JSON of array-only ones.
 
-    def __init__(self, allow_pickle: bool = False) -> None:
+    An array in a frame of its own is sent without a copy, so it is read
+    after ``encode`` returns, while the stream makes the next batch. That
+    is safe for an array that owns its memory and that nothing else
+    references (nothing can write into it), and, with ``share=True``, for
+    every array (the caller vouches for them: a Prefetcher's views, whose
+    slots are reused only once every view is gone). Any other array is
+    copied first: a stream may write its next batch into the same buffer.
+    """
+
+    def __init__(self, allow_pickle: bool = False, share: bool = False) -> None:
         self.allow_pickle = allow_pickle
+        self.share = share
         # (dtype, shape) per source -> items' JSON, and for inline arrays
         # the padding before each, or None (a frame each)
         self.layouts: dict[tuple[Any, ...], tuple[bytes, list[bytes] | None]] = {}
 
     def encode(self, epoch: int, seq: int, batch: Any) -> list[Any]:
         """Frames of one batch (a tuple of sources)."""
-        key = []
-        for value in batch:
-            if not _is_raw_array(value):
-                break
-            key.append((value.dtype, value.shape))
-        else:
-            layout = self.layouts.get(tuple(key))
+        if all(_is_raw_array(value) for value in batch):
+            key = tuple([(value.dtype, value.shape) for value in batch])
+            layout = self.layouts.get(key)
             if layout is None:
-                layout = self._plan(tuple(key))
+                layout = self._plan(key)
             items, pads = layout
             head = BATCH_HEAD.pack(BATCH_MAGIC, VERSION, len(items), epoch, seq)
+            if pads is None:
+                frames = [head + items]
+                for value in batch:
+                    if not value.flags.c_contiguous:
+                        value = numpy.ascontiguousarray(value)
+                    # a frame is read after encode returns: share an array
+                    # only if nothing else can write into it (class doc);
+                    # when only the batch holds it, getrefcount sees 3 (the
+                    # batch, this loop and its own argument)
+                    elif not (self.share or value.nbytes < ZMQ_COPIES_BELOW
+                              or (value.base is None
+                                  and sys.getrefcount(value) <= 3)):
+                        value = value.copy()
+                    frames.append(value)
+                return frames
             arrays = [value if value.flags.c_contiguous
                       else numpy.ascontiguousarray(value) for value in batch]
-            if pads is None:
-                return [head + items] + arrays
             parts: list[Any] = [head, items]
             for pad, array in zip(pads, arrays):
                 parts.append(pad)
                 parts.append(array)
             return [b"".join(parts)]
-        encoder = _Encoder(self.allow_pickle)
+        encoder = _Encoder(self.allow_pickle, self.share)
         text = _json([encoder.item(value) for value in batch])
         return [BATCH_HEAD.pack(BATCH_MAGIC, VERSION, len(text), epoch, seq)
                 + text] + encoder.buffers
