@@ -13,7 +13,7 @@ import time
 import numpy
 import psutil
 import pytest
-from helpers import as_lists, shuffled_stream
+from helpers import as_lists, gone, shuffled_stream
 
 zmq = pytest.importorskip("zmq")
 
@@ -481,9 +481,12 @@ def test_a_signal_stops_the_server_at_once_not_at_its_next_poll():
         server.stop()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_interrupts_a_batch_that_takes_minutes(signum):
-    with Server("stuck", "--heartbeat", "0.2") as server:
+@pytest.mark.parametrize("signum,workers", [(signal.SIGINT, "1"), (signal.SIGTERM, "1"),
+                                            (signal.SIGTERM, "2")])
+def test_a_signal_interrupts_a_batch_that_takes_minutes(signum, workers):
+    with Server("stuck", "--heartbeat", "0.2", "--workers", workers) as server:
+        producers = psutil.Process(server.process.pid).children(recursive=True)
+        assert len(producers) == (0 if workers == "1" else 2)
         client = server.client(sources=("x",))
         try:
             client.get_epoch_iterator()  # the server starts on a 120 s batch
@@ -494,6 +497,7 @@ def test_a_signal_interrupts_a_batch_that_takes_minutes(signum):
             server.process.send_signal(signum)
             assert server.process.wait(10) == 0
             assert "server stopped" in server.process.stderr.read()
+            assert gone([p.pid for p in producers])
         finally:
             client.close()
 
