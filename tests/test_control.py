@@ -153,3 +153,17 @@ def test_a_producer_facing_a_full_queue_waits_for_the_consumer():
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_backstop_doubles_while_nothing_comes_and_resets_when_something_does():
+    backstop, waits = control.BACKSTOP_S, []
+    for _ in range(9):  # timed out with nothing
+        waits.append(backstop)
+        backstop = control.next_backstop(backstop, found=False, woken=False)
+    assert waits[:6] == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032]
+    assert waits[6:] == [control.BACKSTOP_MAX_S] * 3 == [0.05] * 3
+    # woken by the socket (a wake message, a new segment) with nothing on
+    # the page: the bound stays; something on the page: back to the start
+    assert control.next_backstop(0.016, found=False, woken=True) == 0.016
+    assert control.next_backstop(0.05, found=True, woken=False) == control.BACKSTOP_S
+    assert control.next_backstop(0.05, found=True, woken=True) == control.BACKSTOP_S

@@ -253,10 +253,8 @@ class Consumer:
                                  else max(0, int(timeout * 1000) + 1))
         if page is not None:
             page.wake_up(control.CONSUMER_ASLEEP)
-            if page.messages_waiting():
-                self.backstop = control.BACKSTOP_S
-            elif not ready:
-                self.backstop = min(2 * self.backstop, control.BACKSTOP_MAX_S)
+            self.backstop = control.next_backstop(
+                self.backstop, page.messages_waiting(), bool(ready))
         dead = []
         for fd, _ in ready:
             if fd in self.by_fd:

@@ -82,6 +82,20 @@ SPIN_S = 50e-6
 BACKSTOP_S = 0.001
 BACKSTOP_MAX_S = 0.05
 
+
+def next_backstop(backstop: float, found: bool, woken: bool) -> float:
+    """The bound on the next wait, after a wait bounded by ``backstop``
+    that ``found`` something on the page or not, and that its socket
+    ended (``woken``) or that timed out: back to ``BACKSTOP_S`` once
+    something came, doubled (up to ``BACKSTOP_MAX_S``) after each wait
+    that timed out with nothing, so an idle side wakes 20 times a second
+    at most and a busy one at once."""
+    if found:
+        return BACKSTOP_S
+    if woken:
+        return backstop
+    return min(2 * backstop, BACKSTOP_MAX_S)
+
 _TSO = ("x86_64", "amd64", "i386", "i686", "x86")
 ENV = "SHMFUEL_RING_NOTIFY"
 

@@ -124,12 +124,9 @@ class Producer:
             if page is not None:
                 page.wake_up(control.PRODUCER_ASLEEP)
                 frees = page.pop_frees()
-                if frees:
-                    self.free.extend(frees)
-                    self.backstop = control.BACKSTOP_S
-                elif not readable:
-                    self.backstop = min(2 * self.backstop,
-                                        control.BACKSTOP_MAX_S)
+                self.free.extend(frees)
+                self.backstop = control.next_backstop(
+                    self.backstop, bool(frees), bool(readable))
             if not readable:
                 now = time.monotonic()
                 if now - self.alive_checked >= POLL_S:
