@@ -58,3 +58,7 @@ class _Reused:
 
 def reuses_its_buffer():
     return Mapping(sequential_stream(n=16, batch_size=1), _Reused())
+
+
+def sequential():
+    return sequential_stream(n=40, batch_size=2)

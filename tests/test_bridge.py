@@ -560,3 +560,77 @@ def test_a_stream_that_reuses_its_buffer_sends_every_batch_intact():
                 assert all((x == x[0]).all() for x in epoch)
         finally:
             client.close()
+
+
+def test_a_fast_stream_s_batches_travel_bundled_and_arrive_in_order():
+    from shmfuel.bridge import wire
+    with Server("sequential") as server:
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(f"tcp://127.0.0.1:{server.port}")
+        try:
+            dealer.send_multipart(wire.encode(wire.HELLO))
+            assert dealer.poll(5000)
+            dealer.recv_multipart()  # welcome
+            dealer.send_multipart(wire.encode(wire.EPOCH, epoch=0, credits=20))
+            decoder, got = wire.BatchDecoder(), []
+            while len(got) < 40:
+                assert dealer.poll(5000)
+                frames = dealer.recv_multipart()
+                batches = wire.unbundle(frames) or [frames]
+                for batch in batches:
+                    got.extend(decoder.batch(batch if isinstance(batch, list)
+                                             else [batch])[2][0].tolist())
+            assert got == list(range(40))
+        finally:
+            dealer.close()
+            context.term()
+
+
+@pytest.mark.parametrize("slow,messages", [
+    ((), [2 + 8, 2 + 2]),  # identity and bundle head, 8 batches; then 2
+    (range(10), [2] * 10),  # identity and batch
+    ((3, 7), [2 + 3, 2, 2 + 3, 2, 2 + 2]),  # those before a slow one go first
+])
+def test_fast_batches_go_bundled_and_slow_ones_at_once(monkeypatch, slow, messages):
+    """The serving loop's bursts, against a socket that records messages."""
+    import threading
+
+    from shmfuel.bridge import server as served
+    from shmfuel.bridge import wire
+    monkeypatch.setattr(served, "SLOW_S", 0.05)
+
+    def make(i):
+        if i in slow:
+            time.sleep(0.1)
+        return (numpy.full(2, i),)
+
+    class Router:
+        def __init__(self):
+            self.messages, self.parts = [], []
+
+        def send(self, part, flags, copy):
+            self.parts.append(bytes(memoryview(getattr(part, "buffer", part)).cast("B")))
+            if not flags & zmq.SNDMORE:
+                self.messages.append(self.parts)
+                self.parts = []
+
+    class Stream:
+        def get_epoch_iterator(self):
+            return (make(i) for i in range(10))
+
+    router = Router()
+    server = served._Server(zmq, router, Stream(), {}, 1.0, wire.BatchEncoder(),
+                            threading.Event())
+    server.session, server.wanted, server.credits = served._Session(b"id"), 0, 10
+    server.lock.acquire()  # as serve() holds it
+    server.step()  # opens the epoch
+    while server.can_produce():
+        server.step()
+    assert [len(m) for m in router.messages] == messages  # identity + frames
+    decoder, got = wire.BatchDecoder(), []
+    for _, *frames in router.messages:
+        for batch in wire.unbundle(frames) or [frames[0]]:
+            got.append(int(decoder.batch([batch])[2][0][0]))
+    assert got == list(range(10)) and server.credits == 0

@@ -12,15 +12,14 @@ from shmfuel.bridge import wire
 def roundtrip(batch, allow_pickle=False):
     frames = wire.encode_batch(3, 4, batch, allow_pickle)
     # what a socket would deliver: separate bytes-like frames
-    frames = [bytes(memoryview(f).cast("B")) if not isinstance(f, bytes) else f
-              for f in frames]
+    frames = wire_frames(frames)
     header, rest = wire.decode(frames, wire.SERVER_TYPES)
     assert header["type"] == wire.BATCH and (header["epoch"], header["seq"]) == (3, 4)
     return wire.decode_batch(header, rest, allow_pickle)
 
 
 def wire_frames(frames):
-    return [bytes(memoryview(f).cast("B")) for f in frames]
+    return [bytes(memoryview(getattr(f, "buffer", f)).cast("B")) for f in frames]
 
 
 def test_arrays_travel_as_raw_frames():
@@ -207,10 +206,10 @@ def test_big_arrays_are_sent_as_they_are_only_when_nothing_else_can_write_them()
     assert sent is made[0]()  # nobody else holds it: no copy
     held = numpy.ones(n)  # the stream keeps it, and may write into it
     (_, sent) = encoder.encode(0, 1, (held,))
-    assert sent is not held and not numpy.shares_memory(sent, held)
+    assert type(sent) is wire.Copied and sent.buffer is held  # copied as sent
     base = numpy.ones(n)
     (_, sent) = encoder.encode(0, 2, (base[:],))  # a view: its base may change
-    assert not numpy.shares_memory(sent, base)
+    assert type(sent) is wire.Copied and sent.buffer.base is base
     (_, sent) = wire.BatchEncoder(share=True).encode(0, 3, (held,))
     assert sent is held  # the caller vouches for it (a Prefetcher's views)
     for frames in (encoder.encode(0, 4, (held,)), [encoder.encode(0, 5, (held,))[0], held]):
@@ -218,6 +217,20 @@ def test_big_arrays_are_sent_as_they_are_only_when_nothing_else_can_write_them()
         numpy.testing.assert_array_equal(out, held)
     # beside values that are not arrays: copied unless shared
     sent = encoder.encode(0, 6, (held, ["a"]))[1]
-    assert not numpy.shares_memory(sent, held)
+    assert type(sent) is wire.Copied and sent.buffer is held
     sent = wire.BatchEncoder(share=True).encode(0, 7, (held, ["a"]))[1]
     assert sent is held
+
+
+def test_bundles_carry_one_frame_batches():
+    batches = [wire.encode_batch(0, seq, (numpy.full(3, seq),))[0] for seq in range(3)]
+    frames = wire.bundle(batches)
+    assert wire.unbundle(frames) == batches
+    decoder = wire.BatchDecoder()
+    assert [int(decoder.batch([b])[2][0][0]) for b in wire.unbundle(frames)] == [0, 1, 2]
+    assert wire.unbundle(batches) is None  # a batch is not a bundle
+    assert wire.unbundle(wire.encode(wire.HEARTBEAT)) is None
+    with pytest.raises(wire.WireError, match="empty bundle"):
+        wire.unbundle(frames[:1])
+    with pytest.raises(wire.WireError, match="protocol version 9"):
+        wire.unbundle([wire.BUNDLE_HEAD.pack(wire.BUNDLE_MAGIC, 9)] + batches)

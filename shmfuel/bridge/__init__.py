@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from shmfuel._extras import require
+from shmfuel.bridge.wire import Copied
 
 
 def require_zmq() -> Any:
@@ -27,11 +28,14 @@ _SNDMORE, _NOBLOCK = 2, 1  # ZMQ_SNDMORE, ZMQ_DONTWAIT
 
 def send_parts(socket: Any, parts: list[Any], flags: int = 0) -> None:
     """Send ``parts`` as one message; buffers of 64 KiB and more are not
-    copied (pyzmq copies smaller ones)."""
-    send, more = socket.send, flags | _SNDMORE
-    for part in parts[:-1]:
-        send(part, more, copy=False)
-    send(parts[-1], flags, copy=False)
+    copied (pyzmq copies smaller ones), unless given as ``wire.Copied``."""
+    send, last = socket.send, len(parts) - 1
+    for index, part in enumerate(parts):
+        more = flags | _SNDMORE if index < last else flags
+        if type(part) is Copied:
+            send(part.buffer, more, copy=True)
+        else:
+            send(part, more, copy=False)
 
 
 def recv_parts(socket: Any, flags: int = 0) -> list[Any]:

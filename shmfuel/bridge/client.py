@@ -15,6 +15,7 @@ seconds raises :class:`BridgeTimeoutError`.
 from __future__ import annotations
 
 import builtins
+import collections
 import logging
 import weakref
 from typing import Any
@@ -86,6 +87,7 @@ class _Connection:
         # with fewer owed cannot deadlock it.
         self.credit_every = max(1, hwm // 2)
         self.credit_messages: dict[int, list[Any]] = {}
+        self.bundled: collections.deque[Any] = collections.deque()
 
     def give_credits(self) -> None:
         """Send the credits owed."""
@@ -260,21 +262,32 @@ class ServerDataStream(AbstractDataStream):
                                 else None for k, v in labels.items()}
 
     def _frames(self, connection: _Connection) -> list[Any]:
-        """The next message's frames, waiting up to ``timeout``."""
+        """The next message's frames (one batch of a bundle at a time),
+        waiting up to ``timeout``."""
+        if connection.bundled:
+            return [connection.bundled.popleft()]
         zmq = self._zmq
         try:
-            return recv_parts(connection.socket, zmq.NOBLOCK)
+            frames = recv_parts(connection.socket, zmq.NOBLOCK)
         except zmq.Again:
-            pass
-        if connection.owed >= connection.credit_every:  # dropped batches'
-            connection.give_credits()
-        if not connection.socket.poll(int(self.timeout * 1000), zmq.POLLIN):
-            raise BridgeTimeoutError(
-                f"no answer from the data server at {connection.address} "
-                f"within {self.timeout} s: is it running and reachable? "
-                "(python -m shmfuel serve module:factory --port ...)"
-            ) from None
-        return recv_parts(connection.socket)
+            if connection.owed >= connection.credit_every:  # dropped batches'
+                connection.give_credits()
+            if not connection.socket.poll(int(self.timeout * 1000), zmq.POLLIN):
+                raise BridgeTimeoutError(
+                    f"no answer from the data server at {connection.address} "
+                    f"within {self.timeout} s: is it running and reachable? "
+                    "(python -m shmfuel serve module:factory --port ...)"
+                ) from None
+            frames = recv_parts(connection.socket)
+        if len(frames) > 1:
+            try:
+                batches = wire.unbundle(frames)
+            except wire.WireError as exc:
+                raise self._malformed(connection, exc) from None
+            if batches is not None:
+                connection.bundled.extend(batches[1:])
+                return batches[:1]
+        return frames
 
     def _receive(self, connection: _Connection, expected: set[str],
                  frames: list[Any] | None = None

@@ -10,7 +10,9 @@ Threads and data flow::
                             batch, sends heartbeats on the same socket
 
 One thread does the work of a batch from ``next()`` to the socket: no
-hand-over between threads per batch. The serving thread owns the socket
+hand-over between threads per batch. Batches that the stream makes fast
+and that fit in one frame are sent in bundles, up to ``BURST`` to a
+message; a slow one is sent at once, after those before it. The serving thread owns the socket
 under ``_Server.lock`` and lets go of it only while the stream runs
 (``_Server.call``); the heartbeat thread takes it then, without waiting
 (a locked socket means the serving thread is sending anyway), so a slow
@@ -49,6 +51,7 @@ log = logging.getLogger("shmfuel.server")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 BURST = 8  # batches sent before looking for the client's messages
+SLOW_S = 20e-6  # a batch made slower than this is sent at once
 
 
 class _Interrupted(BaseException):
@@ -346,9 +349,14 @@ class _Server:
 
     def _produce(self, epoch: int) -> None:
         """Send up to ``BURST`` messages of ``epoch`` while credits last:
-        the hot loop (the caller then looks at the socket)."""
+        the hot loop (the caller then looks at the socket). Batches of one
+        frame that the stream made fast go out bundled, one message for
+        the burst; a slow one at once, with those before it."""
         lock, encode, iterator = self.lock, self.encoder.encode, self.iterator
+        clock = time.perf_counter
+        bundled: list[Any] = []
         for _ in range(BURST):
+            started = clock()
             self.in_stream = True  # the heartbeat thread may use the socket
             lock.release()
             try:
@@ -360,13 +368,28 @@ class _Server:
             finally:
                 lock.acquire()
                 self.in_stream = False
-            if self.phase != "producing":
-                self.send(frames)
+            if self.phase != "producing":  # END or ERROR, after the batches
+                if not bundled or self._send_bundle(bundled):
+                    self.send(frames)
                 return
             self.credits -= 1
             self.seq += 1
+            if len(frames) == 1 and clock() - started < SLOW_S:
+                bundled.append(frames[0])
+                if self.credits <= 0:
+                    break
+                continue
+            if bundled and not self._send_bundle(bundled):
+                return
             if not self.send(frames) or self.credits <= 0:
                 return
+        if bundled:
+            self._send_bundle(bundled)
+
+    def _send_bundle(self, bundled: list[Any]) -> bool:
+        frames = bundled[:] if len(bundled) == 1 else wire.bundle(bundled)
+        bundled.clear()
+        return self.send(frames)
 
     @staticmethod
     def error(exc: BaseException, epoch: int) -> list[Any]:

@@ -27,6 +27,12 @@ header instead (its first byte, zero, starts no JSON text)::
               from the next multiple of 16, the inline data; one frame per
               other buffer
 
+Batches that fit in one frame may travel several to a message, a bundle,
+which saves each end the cost of a message per batch::
+
+    bundle    b"\\0sb", version (u8); then one frame per batch, each a
+              whole one-frame batch message
+
 Its items' JSON is the same for every batch of the same dtypes and shapes,
 so each end keeps it: the server encodes such a batch without JSON, and
 the client decodes it without parsing (a few microseconds each way). The
@@ -53,7 +59,7 @@ import math
 import pickle
 import struct
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy
 
@@ -62,8 +68,17 @@ from shmfuel.exceptions import ShmfuelError
 VERSION = 2
 BATCH_MAGIC = b"\0sf"
 BATCH_HEAD = struct.Struct("<3sBIqq")  # magic, version, items' length, epoch, seq
+BUNDLE_MAGIC = b"\0sb"
+BUNDLE_HEAD = struct.Struct("<3sB")  # magic, version
 INLINE_BYTES = 1 << 16  # arrays of a batch smaller than this in all: frame 0
 ZMQ_COPIES_BELOW = 1 << 16  # pyzmq copies smaller frames into the message
+
+
+class Copied(NamedTuple):
+    """A frame to copy into its message when it is sent (the sender's
+    copy: no buffer to allocate and keep until the message has gone)."""
+
+    buffer: Any
 _ALIGN = 16
 _LAYOUTS_KEPT = 64  # array layouts each end remembers
 
@@ -199,12 +214,14 @@ class _Encoder:
                 return {"t": "float", "v": repr(value)}
             return value
         if _is_raw_array(value):
-            array = numpy.ascontiguousarray(value)
+            array: Any = numpy.ascontiguousarray(value)
+            node = {"t": "array", "dtype": array.dtype.str,
+                    "shape": list(array.shape)}
             if (array is value and not self.share
                     and array.nbytes >= ZMQ_COPIES_BELOW):
-                array = value.copy()  # the stream may write into it later
-            return {"t": "array", "dtype": array.dtype.str,
-                    "shape": list(array.shape), "frame": self.frame(array)}
+                array = Copied(value)  # the stream may write into it later
+            node["frame"] = self.frame(array)
+            return node
         if kind is list:
             leaves = _leaf_types(value)
             if leaves is not None:
@@ -336,8 +353,9 @@ class BatchEncoder:
     is safe for an array that owns its memory and that nothing else
     references (nothing can write into it), and, with ``share=True``, for
     every array (the caller vouches for them: a Prefetcher's views, whose
-    slots are reused only once every view is gone). Any other array is
-    copied first: a stream may write its next batch into the same buffer.
+    slots are reused only once every view is gone). Any other array goes
+    out as :class:`Copied`, to be copied into its message as it is sent: a
+    stream may write its next batch into the same buffer.
     """
 
     def __init__(self, allow_pickle: bool = False, share: bool = False) -> None:
@@ -368,7 +386,7 @@ class BatchEncoder:
                     elif not (self.share or value.nbytes < ZMQ_COPIES_BELOW
                               or (value.base is None
                                   and sys.getrefcount(value) <= 3)):
-                        value = value.copy()
+                        value = Copied(value)
                     frames.append(value)
                 return frames
             arrays = [value if value.flags.c_contiguous
@@ -483,3 +501,22 @@ def decode_batch(header: dict[str, Any], frames: list[Any],
                  allow_pickle: bool = False) -> list[Any]:
     """The sources of a batch message."""
     return BatchDecoder(allow_pickle).decode(header, frames)
+
+
+def bundle(batches: list[Any]) -> list[Any]:
+    """Frames of one message carrying one-frame batch messages."""
+    return [BUNDLE_HEAD.pack(BUNDLE_MAGIC, VERSION)] + batches
+
+
+def unbundle(frames: list[Any]) -> list[Any] | None:
+    """The batch frames of a bundle; None for any other message."""
+    first = _buffer(frames[0])
+    if len(first) != BUNDLE_HEAD.size or bytes(first[:3]) != BUNDLE_MAGIC:
+        return None
+    version = first[3]
+    if version != VERSION:
+        raise WireError(f"protocol version {version}, expected {VERSION}: "
+                        "upgrade shmfuel on both ends")
+    if len(frames) < 2:
+        raise WireError("an empty bundle")
+    return list(frames[1:])
