@@ -36,7 +36,9 @@ slot here) nor its final drain counts; the JSON also has the rate from the
 first batch to the last (``whole_run``). Median of ``--repeat`` runs; the
 table gives batches/s, GB/s and the ratio to the Prefetcher with one
 producer. The repeats run in rounds, every transport once per round, so
-that a slow phase of a noisy machine does not fall on one transport only.
+that a slow phase of a noisy machine does not fall on one transport only,
+and each ratio is the median of the ratios within a round (the JSON keeps
+every round's rate, ``rounds``).
 
     python benchmarks/throughput.py [--quick] [--repeat 3]
 """
@@ -67,6 +69,7 @@ SIZES = {"512 B": 512, "64 KiB": 64 * 2**10, "1 MiB": 2**20,
 COUNTS = {"512 B": 40000, "64 KiB": 10000, "1 MiB": 2000, "38.5 MB": 100}
 FORK = multiprocessing.get_context("fork")
 HWM = 16  # queue depth of every transport (--hwm)
+REFERENCE = "shmfuel Prefetcher w=1"  # the ratios' denominator
 
 _BATCHES: dict[int, numpy.ndarray] = {}
 
@@ -402,11 +405,18 @@ def main() -> None:
         for _ in range(1 if args.quick else args.repeat):
             for name, run in runs.items():
                 timed[name].append(run(nbytes, count))
+        reference = timed.get(REFERENCE)
         for name, timings in timed.items():
             rate = [t.steady_batches / t.steady_s for t in timings]
             whole = [t.whole_batches / t.whole_s for t in timings]
             results[label][name] = {
                 "batches_per_s": summary(rate),
+                "rounds": rate,  # batches/s of each round, in order
+                # ratio to the reference's rate in the same round: steadier
+                # than a ratio of medians when the machine changes speed
+                "vs_reference": summary([
+                    r * t.steady_s / t.steady_batches
+                    for r, t in zip(rate, reference)]) if reference else None,
                 "gb_per_s": summary([r * nbytes / 1e9 for r in rate]),
                 "whole_run": {"batches_per_s": summary(whole),
                               "gb_per_s": summary([r * nbytes / 1e9 for r in whole])},
@@ -414,20 +424,20 @@ def main() -> None:
             }
             print(f"{label:>8}  {name:<24} {numpy.median(rate):>12,.0f} batches/s",
                   file=sys.stderr)
-    reference = "shmfuel Prefetcher w=1"
     for label, by_name in results.items():
-        base = by_name.get(reference, {}).get("batches_per_s", {}).get("median")
         rows = []
         for name, result in by_name.items():
             rate = result["batches_per_s"]["median"]
+            vs = result["vs_reference"]
             rows.append([name, f"{rate:,.0f}", f"{result['gb_per_s']['median']:.2f}",
-                         f"{rate / base:.2f}x" if base else "-",
+                         f"{vs['median']:.2f}x" if vs else "-",
                          f"{result['whole_run']['gb_per_s']['median']:.2f}"])
         print(f"\n{label} batches (steady state, median of "
               f"{1 if args.quick else args.repeat}):")
         print(table(["transport", "batches/s", "GB/s", "vs Prefetcher w=1",
                      "GB/s whole run"], rows))
     write_json(args.out, {"benchmark": "throughput", "machine": machine(), "hwm": HWM,
+                          "reference": REFERENCE,
                           "repeat": 1 if args.quick else args.repeat,
                           "results": results})
 
