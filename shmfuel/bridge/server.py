@@ -40,6 +40,7 @@ another thread is seen between batches.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 import traceback
@@ -66,7 +67,6 @@ def _stop_on_signals(stop: threading.Event,
     Returns what restores the handlers, and a socket that becomes readable
     on such a signal (for the loop's poller; None off the main thread).
     """
-    import signal
     import socket
     if threading.current_thread() is not threading.main_thread():
         return (lambda: None), None
@@ -175,6 +175,7 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.SNDHWM, 0)  # credits bound what is queued
     if curve_keypair is not None:
         router.curve_server = True
         router.curve_publickey, router.curve_secretkey = curve_keypair
@@ -247,10 +248,11 @@ class _Server:
         session = self.session
         if session is None:
             return False
-        try:
-            send_parts(self.router, [session.identity] + frames)
-        except self.zmq.ZMQError as exc:
-            if exc.errno != self.zmq.EHOSTUNREACH:
+        zmq = self.zmq
+        try:  # never blocks: no high-water mark (credits bound the queue)
+            send_parts(self.router, [session.identity] + frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
             log.info("client went away; waiting for the next one")
             self.end_session()
@@ -427,6 +429,9 @@ class _Server:
 
     def _beat(self) -> None:
         """While the stream runs, keep the client from timing out."""
+        if hasattr(signal, "pthread_sigmask"):  # stop signals: the main thread's
+            signal.pthread_sigmask(signal.SIG_BLOCK,
+                                   {signal.SIGINT, signal.SIGTERM})
         heartbeat = wire.encode(wire.HEARTBEAT)
         while not self.closed.wait(self.heartbeat / 4):
             if not self.in_stream or not self.lock.acquire(blocking=False):
@@ -435,7 +440,8 @@ class _Server:
                 session = self.session
                 if (self.in_stream and session is not None and
                         time.monotonic() - session.last_sent >= self.heartbeat):
-                    send_parts(self.router, [session.identity] + heartbeat)
+                    send_parts(self.router, [session.identity] + heartbeat,
+                               self.zmq.NOBLOCK)
                     session.last_sent = time.monotonic()
             except self.zmq.ZMQError:
                 pass  # the serving thread finds out on its next send
