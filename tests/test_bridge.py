@@ -502,7 +502,8 @@ def test_a_signal_interrupts_a_batch_that_takes_minutes(signum, workers):
             client.close()
 
 
-def test_credits_go_back_half_of_hwm_at_a_time():
+@pytest.mark.parametrize("bundle", [1, 3])  # batches per message
+def test_credits_go_back_half_of_hwm_at_a_time(bundle):
     """A fake server counts the client's credit messages."""
     import threading
 
@@ -522,9 +523,12 @@ def test_credits_go_back_half_of_hwm_at_a_time():
         granted, sent = 0, 0
         while sent < batches or granted < batches:
             if granted > sent and sent < batches:
-                router.send_multipart([identity] + wire.encode_batch(
-                    0, sent, (numpy.full(3, sent),)))
-                sent += 1
+                n = min(bundle, granted - sent, batches - sent)
+                frames = [wire.encode_batch(0, sent + i, (numpy.full(3, sent + i),))[0]
+                          for i in range(n)]
+                router.send_multipart([identity] + (
+                    wire.bundle(frames) if n > 1 else frames))
+                sent += n
                 continue
             if not router.poll(5000):
                 return

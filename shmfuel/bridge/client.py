@@ -26,6 +26,7 @@ from shmfuel.iterator import DataIterator
 from shmfuel.streams import AbstractDataStream
 
 log = logging.getLogger("shmfuel.bridge")
+_BUNDLE_HEAD_SIZE = wire.BUNDLE_HEAD.size
 
 
 class BridgeTimeoutError(ShmfuelError, TimeoutError):
@@ -279,7 +280,7 @@ class ServerDataStream(AbstractDataStream):
                     "(python -m shmfuel serve module:factory --port ...)"
                 ) from None
             frames = recv_parts(connection.socket)
-        if len(frames) > 1:
+        if len(frames) > 1 and len(frames[0]) == _BUNDLE_HEAD_SIZE:
             try:
                 batches = wire.unbundle(frames)
             except wire.WireError as exc:
