@@ -170,12 +170,18 @@ def test_slow_batches_are_not_mistaken_for_a_dead_server():
             client.close()
 
 
+def raw_dealer(port):
+    """A bare DEALER socket connected to a server, and its context."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    return context, dealer
+
+
 def test_garbage_to_the_server_is_answered_and_ignored():
     with Server("shuffled") as server:
-        context = zmq.Context()
-        dealer = context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(f"tcp://127.0.0.1:{server.port}")
+        context, dealer = raw_dealer(server.port)
         dealer.send_multipart([b"\x00garbage", b"more"])
         assert dealer.poll(5000)
         reply = dealer.recv_multipart()
@@ -569,10 +575,7 @@ def test_a_stream_that_reuses_its_buffer_sends_every_batch_intact():
 def test_a_fast_stream_s_batches_travel_bundled_and_arrive_in_order():
     from shmfuel.bridge import wire
     with Server("sequential") as server:
-        context = zmq.Context()
-        dealer = context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(f"tcp://127.0.0.1:{server.port}")
+        context, dealer = raw_dealer(server.port)
         try:
             dealer.send_multipart(wire.encode(wire.HELLO))
             assert dealer.poll(5000)
