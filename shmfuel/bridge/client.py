@@ -8,8 +8,8 @@ an older epoch is dropped. With several servers (``servers=``), server
 epoch comes from server ``g % n``, so the merged epoch is exactly the one
 a single server would give. Flow control is by credits: at most ``hwm``
 batches are in flight per server, and one credit goes back for each batch
-taken (in messages of ``hwm // 2``). A server that sends nothing, not even a heartbeat, for ``timeout``
-seconds raises :class:`BridgeTimeoutError`.
+taken (``hwm // 2`` to a message). A server that sends nothing, not even a
+heartbeat, for ``timeout`` seconds raises :class:`BridgeTimeoutError`.
 """
 
 from __future__ import annotations
@@ -82,10 +82,10 @@ class _Connection:
             self.socket.curve_secretkey = secret
         self.socket.connect(self.address)
         self.owed = 0  # credits to give back
-        # Credits go back half of hwm at a time (a quarter at a time cost a
-        # fifth of the rate of 64 KiB batches). The server then always holds
-        # or has sent at least hwm - owed > 0 of them, so a client waiting
-        # with fewer owed cannot deadlock it.
+        # Credits go back half of hwm at a time: each message costs both
+        # ends several microseconds. The server then always holds or has
+        # sent at least hwm - owed > 0 of them, so a client waiting with
+        # fewer owed cannot deadlock it.
         self.credit_every = max(1, hwm // 2)
         self.credit_messages: dict[int, list[Any]] = {}
         self.bundled: collections.deque[Any] = collections.deque()
