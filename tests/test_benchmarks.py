@@ -33,10 +33,14 @@ def test_throughput_quick(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     names = set(data["results"]["1 MiB"])
-    assert {"memcpy", "shmfuel Prefetcher w=1", "shmfuel Prefetcher w=2",
-            "multiprocessing.Queue", "pyzmq PUSH/PULL tcp", "shmfuel bridge tcp"} <= names
+    assert {"memcpy", "bare shm ring", "shmfuel Prefetcher w=1", "shmfuel Prefetcher w=2",
+            "multiprocessing.Queue", "pyzmq PUSH/PULL tcp", "Fuel-style server tcp",
+            "shmfuel bridge tcp"} <= names
     for result in data["results"]["512 B"].values():
         assert result["batches_per_s"]["median"] > 0
+        assert len(result["rounds"]) == 1 and result["rounds"][0] > 0
+    reference = data["results"]["512 B"][data["reference"]]
+    assert reference["vs_reference"]["median"] == pytest.approx(1.0)
 
 
 @pytest.mark.timeout(120)
