@@ -354,22 +354,17 @@ class _Server:
         the hot loop (the caller then looks at the socket). Batches of one
         frame that the stream made fast go out bundled, one message for
         the burst; a slow one at once, with those before it."""
-        lock, encode, iterator = self.lock, self.encoder.encode, self.iterator
+        call, encode, iterator = self.call, self.encoder.encode, self.iterator
         clock = time.perf_counter
         bundled: list[Any] = []
         for _ in range(BURST):
             started = clock()
-            self.in_stream = True  # the heartbeat thread may use the socket
-            lock.release()
             try:
-                frames = encode(epoch, self.seq, next(iterator))
+                frames = encode(epoch, self.seq, call(next, iterator))
             except StopIteration:
                 frames, self.phase = wire.encode(wire.END, epoch=epoch), "ended"
             except Exception as exc:
                 frames, self.phase = self.error(exc, epoch), "failed"
-            finally:
-                lock.acquire()
-                self.in_stream = False
             if self.phase != "producing":  # END or ERROR, after the batches
                 if not bundled or self._send_bundle(bundled):
                     self.send(frames)

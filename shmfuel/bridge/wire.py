@@ -217,9 +217,12 @@ class _Encoder:
             array: Any = numpy.ascontiguousarray(value)
             node = {"t": "array", "dtype": array.dtype.str,
                     "shape": list(array.shape)}
+            # beside values that are not arrays (the slower path), every
+            # large array the caller does not vouch for is copied as it is
+            # sent, whoever else holds it (see BatchEncoder)
             if (array is value and not self.share
                     and array.nbytes >= ZMQ_COPIES_BELOW):
-                array = Copied(value)  # the stream may write into it later
+                array = Copied(value)
             node["frame"] = self.frame(array)
             return node
         if kind is list:
