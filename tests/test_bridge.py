@@ -508,6 +508,35 @@ def test_a_signal_interrupts_a_batch_that_takes_minutes(signum, workers):
             client.close()
 
 
+@pytest.mark.timeout(60)
+def test_ctrl_c_interrupts_a_client_waiting_for_a_batch():
+    # a 30 s heartbeat: nothing reaches the client's socket meanwhile, so
+    # only the signal itself can end its wait within the 10 s allowed
+    code = ("from shmfuel.streams import ServerDataStream\n"
+            "client = ServerDataStream(('x',), host='127.0.0.1', port={port}, timeout=60)\n"
+            "try:\n"
+            "    epoch = client.get_epoch_iterator()\n"
+            "    print('waiting', flush=True)\n"
+            "    next(epoch)\n"
+            "except KeyboardInterrupt:\n"
+            "    print('interrupted', flush=True)\n"
+            "finally:\n"
+            "    client.close()\n")
+    with Server("stuck", "--heartbeat", "30") as server:
+        trainer = subprocess.Popen([sys.executable, "-c", code.format(port=server.port)],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert trainer.stdout.readline() == "waiting\n"
+            time.sleep(0.5)  # into its wait (an earlier signal is caught too)
+            trainer.send_signal(signal.SIGINT)
+            assert trainer.wait(10) == 0
+            assert trainer.stdout.read() == "interrupted\n"
+        finally:
+            trainer.kill()
+            trainer.wait()
+            trainer.stdout.close()
+
+
 @pytest.mark.parametrize("bundle", [1, 3])  # batches per message
 def test_credits_go_back_half_of_hwm_at_a_time(bundle):
     """A fake server counts the client's credit messages."""
