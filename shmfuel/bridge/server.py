@@ -46,7 +46,7 @@ import time
 import traceback
 from typing import Any
 
-from shmfuel.bridge import recv_parts, require_zmq, send_parts, wire
+from shmfuel.bridge import SendBuffers, recv_parts, require_zmq, send_parts, wire
 
 log = logging.getLogger("shmfuel.server")
 
@@ -237,6 +237,7 @@ class _Server:
         self.credits = 0
         self.epoch, self.phase, self.seq = -1, "failed", 0
         self.iterator: Any = None
+        self.buffers = SendBuffers()  # for large frames copied on sending
         self.lock = threading.Lock()  # held by whoever uses the router
         self.in_stream = False
         self.closed = threading.Event()
@@ -250,7 +251,8 @@ class _Server:
             return False
         zmq = self.zmq
         try:  # never blocks: no high-water mark (credits bound the queue)
-            send_parts(self.router, [session.identity] + frames, zmq.NOBLOCK)
+            send_parts(self.router, [session.identity] + frames, zmq.NOBLOCK,
+                       self.buffers)
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
