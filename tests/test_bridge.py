@@ -487,6 +487,67 @@ def test_a_signal_stops_the_server_at_once_not_at_its_next_poll():
         server.stop()
 
 
+@pytest.mark.timeout(60)
+def test_a_signal_delivered_to_another_thread_stops_the_server_at_once():
+    # The kernel may hand a process's signal to any thread that does not
+    # block it (pyzmq's garbage thread, a user's thread); the serving loop,
+    # polling for 30 s, must still wake at once. A thread sends the signal
+    # to itself here.
+    code = textwrap.dedent("""
+        import signal, threading, time
+        from bridge_factories import shuffled
+        from shmfuel.server import start_server
+        ready = threading.Event()
+        def signal_this_thread():
+            ready.wait(10)
+            time.sleep(0.3)  # the loop is in its poll by now
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        threading.Thread(target=signal_this_thread, daemon=True).start()
+        start_server(shuffled(), port=0, heartbeat=60, ready=ready)
+        print("stopped", flush=True)
+        """)
+    server = subprocess.Popen([sys.executable, "-c", code], cwd=TESTS, text=True,
+                              env=dict(os.environ, PYTHONPATH=TESTS),
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert server.wait(10) == 0
+        assert server.stdout.read() == "stopped\n"
+    finally:
+        server.kill()
+        server.wait()
+        server.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_other_signals_with_handlers_neither_stop_nor_spin_the_server():
+    # every signal with a Python handler wakes the loop (the wakeup fd);
+    # the loop must take the wake-up and go back to waiting, not poll a
+    # readable socket in a busy loop
+    code = textwrap.dedent("""
+        import os, signal, threading, time
+        from bridge_factories import shuffled
+        from shmfuel.server import start_server
+        handled = []
+        signal.signal(signal.SIGUSR1, lambda *_: handled.append(1))
+        ready, stop = threading.Event(), threading.Event()
+        def poke():
+            ready.wait(10)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            cpu = time.process_time()
+            time.sleep(1.0)  # idle: no client
+            print(len(handled), time.process_time() - cpu < 0.5, flush=True)
+            stop.set()
+        threading.Thread(target=poke, daemon=True).start()
+        start_server(shuffled(), port=0, heartbeat=0.2, ready=ready, stop=stop)
+        print("stopped", flush=True)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=TESTS, text=True,
+                         env=dict(os.environ, PYTHONPATH=TESTS),
+                         capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "1 True\nstopped\n"
+
+
 @pytest.mark.parametrize("signum,workers", [(signal.SIGINT, "1"), (signal.SIGTERM, "1"),
                                             (signal.SIGTERM, "2")])
 def test_a_signal_interrupts_a_batch_that_takes_minutes(signum, workers):

@@ -32,8 +32,9 @@ traceback) after the batches before it, and the server keeps serving: the
 next ``epoch`` request starts a fresh epoch iterator of the stream.
 
 Stopping: SIGINT and SIGTERM (when serving from the main thread) set
-``stop`` and wake the loop; if the stream is running they also interrupt
-it there, so a slow batch does not delay the exit. ``stop`` set from
+``stop`` and wake the loop, whichever thread the kernel delivers them to
+(Python's wakeup fd); if the stream is running they also interrupt it
+there, so a slow batch does not delay the exit. ``stop`` set from
 another thread is seen between batches.
 """
 
@@ -75,17 +76,20 @@ def _stop_on_signals(stop: threading.Event,
 
     def handler(*_: Any) -> None:
         stop.set()
-        try:
-            waker.send(b"\0")
-        except OSError:
-            pass
         if in_stream():
             raise _Interrupted
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)
+    # The handler runs in the main thread, but the kernel may deliver the
+    # signal to any thread that does not block it (pyzmq's garbage thread,
+    # a caller's thread), leaving the main thread in its poll. Python's
+    # wakeup fd is written at delivery, in whichever thread: the poll
+    # returns, and the handler runs.
+    old_fd = signal.set_wakeup_fd(waker.fileno(), warn_on_full_buffer=False)
 
     def restore() -> None:
+        signal.set_wakeup_fd(old_fd)
         for signum, old in previous.items():
             signal.signal(signum, old)
         wake.close()
@@ -162,13 +166,13 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
         from shmfuel.prefetch.sharding import shard as shard_stream
         data_stream = pickle.loads(cloudpickle.dumps(data_stream))
         shard_stream(data_stream, k, n)
+    if heartbeat <= 0:
+        raise ValueError(f"heartbeat must be positive, got {heartbeat}")
     prefetcher = None
     if workers > 1:
         from shmfuel.prefetch import Prefetcher
         prefetcher = data_stream = Prefetcher(data_stream, workers=workers,
                                               hwm=max(hwm, workers))
-    if heartbeat <= 0:
-        raise ValueError(f"heartbeat must be positive, got {heartbeat}")
     metadata = _metadata(data_stream, shard, allow_pickle)
     metadata["heartbeat"] = heartbeat
     context = zmq.Context()
@@ -403,8 +407,10 @@ class _Server:
         zmq, router, stop = self.zmq, self.router, self.stop
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
+        wake_fd = None  # the poller names other sockets by their fd
         if wake is not None:  # a signal: stop at once, not at the next timeout
             poller.register(wake, zmq.POLLIN)
+            wake_fd = wake.fileno()
         wait_ms = int(self.heartbeat * 1000 / 2)
         events, pollin = zmq.EVENTS, int(zmq.POLLIN)
         self.lock.acquire()
@@ -417,7 +423,10 @@ class _Server:
                 if router.getsockopt(events) & pollin:
                     self.receive()
                 continue
-            if poller.poll(wait_ms):
+            readable = dict(poller.poll(wait_ms))
+            if wake_fd in readable:  # a signal with a Python handler
+                wake.recv(4096)
+            if readable:
                 self.receive()
             session = self.session
             if (session is not None and self.credits > 0
