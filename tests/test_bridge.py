@@ -197,6 +197,34 @@ def test_garbage_to_the_server_is_answered_and_ignored():
             client.close()
 
 
+@pytest.mark.parametrize("fields", [{"credits": "many"}, {"credits": -3},
+                                    {"credits": 2.5}, {"credits": True},
+                                    {"epoch": "next", "credits": 1}, {"epoch": -1}])
+def test_bad_field_values_are_answered_and_ignored(fields):
+    from shmfuel.bridge import wire
+    kind = wire.EPOCH if "epoch" in fields else wire.CREDIT
+    with Server("shuffled") as server:
+        context, dealer = raw_dealer(server.port)
+        try:
+            dealer.send_multipart(wire.encode(wire.HELLO))
+            assert dealer.poll(5000)
+            dealer.recv_multipart()  # welcome
+            for _ in range(2):  # the second one from the parsed-once cache
+                dealer.send_multipart(wire.encode(kind, **fields))
+                assert dealer.poll(5000)
+                reply = dealer.recv_multipart()
+                assert b"malformed message" in reply[0]
+                assert b"non-negative" in reply[0]
+        finally:
+            dealer.close()
+            context.term()
+        client = server.client()
+        try:
+            assert as_lists(client.get_epoch_iterator()) == local_epochs(1)[0]
+        finally:
+            client.close()
+
+
 def test_garbage_from_a_server_is_a_clear_error():
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)

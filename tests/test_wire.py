@@ -234,3 +234,11 @@ def test_bundles_carry_one_frame_batches():
         wire.unbundle(frames[:1])
     with pytest.raises(wire.WireError, match="protocol version 9"):
         wire.unbundle([wire.BUNDLE_HEAD.pack(wire.BUNDLE_MAGIC, 9)] + batches)
+
+
+@pytest.mark.parametrize("value", ["3", -1, 2.0, True, None, [1]])
+def test_counts_in_headers_are_non_negative_ints(value):
+    assert wire.count({"credits": 4}, "credits") == 4
+    assert wire.count({}, "credits") == 0
+    with pytest.raises(wire.WireError, match="'credits' must be a non-negative integer"):
+        wire.count({"credits": value}, "credits")

@@ -109,6 +109,22 @@ def encode(kind: str, buffers: list[Any] | None = None,
     return [_json({"v": VERSION, "type": kind, **fields})] + (buffers or [])
 
 
+def count(header: dict[str, Any], name: str) -> int:
+    """The header's field ``name``: a non-negative int, 0 if absent.
+
+    Raises
+    ------
+    WireError
+        If it is anything else.
+
+    """
+    value = header.get(name, 0)
+    if type(value) is not int or value < 0:
+        raise WireError(f"{name!r} must be a non-negative integer, got "
+                        f"{value!r}")
+    return value
+
+
 def decode(frames: list[Any], expected: set[str]) -> tuple[dict[str, Any], list[Any]]:
     """Header and buffer frames of a message.
 
