@@ -170,12 +170,18 @@ def test_slow_batches_are_not_mistaken_for_a_dead_server():
             client.close()
 
 
-def raw_dealer(port):
-    """A bare DEALER socket connected to a server, and its context."""
+def raw_dealer(port, hello=False):
+    """A bare DEALER socket connected to a server (and welcomed by it, with
+    ``hello``), and its context."""
+    from shmfuel.bridge import wire
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(f"tcp://127.0.0.1:{port}")
+    if hello:
+        dealer.send_multipart(wire.encode(wire.HELLO))
+        assert dealer.poll(5000)
+        assert b"welcome" in dealer.recv_multipart()[0]
     return context, dealer
 
 
@@ -204,11 +210,8 @@ def test_bad_field_values_are_answered_and_ignored(fields):
     from shmfuel.bridge import wire
     kind = wire.EPOCH if "epoch" in fields else wire.CREDIT
     with Server("shuffled") as server:
-        context, dealer = raw_dealer(server.port)
+        context, dealer = raw_dealer(server.port, hello=True)
         try:
-            dealer.send_multipart(wire.encode(wire.HELLO))
-            assert dealer.poll(5000)
-            dealer.recv_multipart()  # welcome
             for _ in range(2):  # the second one from the parsed-once cache
                 dealer.send_multipart(wire.encode(kind, **fields))
                 assert dealer.poll(5000)
@@ -693,11 +696,8 @@ def test_a_stream_that_reuses_its_buffer_sends_every_batch_intact():
 def test_a_fast_stream_s_batches_travel_bundled_and_arrive_in_order():
     from shmfuel.bridge import wire
     with Server("sequential") as server:
-        context, dealer = raw_dealer(server.port)
+        context, dealer = raw_dealer(server.port, hello=True)
         try:
-            dealer.send_multipart(wire.encode(wire.HELLO))
-            assert dealer.poll(5000)
-            dealer.recv_multipart()  # welcome
             dealer.send_multipart(wire.encode(wire.EPOCH, epoch=0, credits=20))
             decoder, got = wire.BatchDecoder(), []
             while len(got) < 40:
