@@ -142,7 +142,9 @@ class ModelStep:
         if importlib.util.find_spec("torchvision") is not None:
             import torchvision
             model = torchvision.models.resnet18(num_classes=1000)
+            self.name = "torchvision resnet18, bf16 autocast"
         else:
+            self.name = "small conv net, bf16 autocast"
             model = torch.nn.Sequential(
                 torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
                 torch.nn.Conv2d(64, 128, 3, stride=2, padding=1), torch.nn.ReLU(),
@@ -425,9 +427,12 @@ def main() -> None:
                "step_ms": 1000 * compute / args.steps, "augment_ms": augment_ms,
                "steps": args.steps, "warmup_steps": warmup, "batch": BATCH,
                "results": results}
+    if args.device != "cpu":
+        payload["model"] = accelerator.name
     if args.device == "cuda":
         import torch
         payload["gpu"] = torch.cuda.get_device_name()
+        payload["torch"] = torch.__version__
     write_json(out, payload)
     if args.plot:
         plot(out.replace(".json", ".png"), results, title)

@@ -79,6 +79,24 @@ def test_quick_runs(tmp_path, script, args, keys):
         assert "fork" in data["time_to_first_batch_s"]
 
 
+@pytest.mark.timeout(180)
+def test_gpu_idle_model_code_runs_on_the_cpu(tmp_path):
+    # --device cuda's model, batches and copies, on the CPU: what a GPU run
+    # would do, minus the GPU
+    pytest.importorskip("torch")
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "gpu_idle.py"), "--quick",
+         "--device", "torch-cpu", "--only", "Prefetcher", "--out", str(out)],
+        capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["device"] == "torch-cpu" and "bf16" in data["model"]
+    assert set(data["results"]) == {"shmfuel Prefetcher w=2"}
+    for mode in data["results"].values():
+        assert mode["utilisation_pct"] > 0 and mode["wait_ms"]["max"] >= 0
+
+
 @pytest.mark.timeout(60)
 def test_report_renders_the_committed_results():
     result = subprocess.run(
