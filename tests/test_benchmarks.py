@@ -10,28 +10,27 @@ import pytest
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
 
 
+def run_quick(tmp_path, script, *args, timeout=100):
+    """``script --quick *args``: its output, and the JSON it wrote."""
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), "--quick", *args,
+         "--out", str(out)], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout, json.loads(out.read_text())
+
+
 @pytest.mark.timeout(120)
 def test_seed_tutorial_quick(tmp_path):
-    out = tmp_path / "seed.json"
-    result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "seed_tutorial.py"), "--quick",
-         "--out", str(out)], capture_output=True, text=True, timeout=100)
-    assert result.returncode == 0, result.stderr
-    assert "prefetcher" in result.stdout and "bridge" in result.stdout
-    data = json.loads(out.read_text())
+    stdout, data = run_quick(tmp_path, "seed_tutorial.py")
+    assert "prefetcher" in stdout and "bridge" in stdout
     assert set(data["results"]) == {"serial", "prefetcher", "bridge"}
     assert data["results"]["prefetcher"]["batches"] == 10
 
 
 @pytest.mark.timeout(120)
 def test_throughput_quick(tmp_path):
-    out = tmp_path / "throughput.json"
-    result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "throughput.py"), "--quick",
-         "--sizes", "512 B", "1 MiB", "--out", str(out)],
-        capture_output=True, text=True, timeout=100)
-    assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    _, data = run_quick(tmp_path, "throughput.py", "--sizes", "512 B", "1 MiB")
     names = set(data["results"]["1 MiB"])
     assert {"memcpy", "bare shm ring", "shmfuel Prefetcher w=1", "shmfuel Prefetcher w=2",
             "multiprocessing.Queue", "pyzmq PUSH/PULL tcp", "Fuel-style server tcp",
@@ -46,12 +45,7 @@ def test_throughput_quick(tmp_path):
 @pytest.mark.timeout(120)
 def test_disk_datasets_quick(tmp_path):
     pytest.importorskip("h5py")
-    out = tmp_path / "disk.json"
-    result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "disk_datasets.py"), "--quick",
-         "--out", str(out)], capture_output=True, text=True, timeout=100)
-    assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    _, data = run_quick(tmp_path, "disk_datasets.py")
     assert set(data["results"]) == {"IndexableDataset (memory)", "NpyDataset (memmap)",
                                     "H5PYDataset (file)", "H5PYDataset (in memory)"}
     assert all(set(modes) == {"in-process", "Prefetcher w=1", "Prefetcher w=2"}
@@ -64,12 +58,7 @@ def test_disk_datasets_quick(tmp_path):
     ("scaling.py", [], None),
 ])
 def test_quick_runs(tmp_path, script, args, keys):
-    out = tmp_path / "out.json"
-    result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, script), "--quick", *args,
-         "--out", str(out)], capture_output=True, text=True, timeout=170)
-    assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    _, data = run_quick(tmp_path, script, *args, timeout=170)
     if keys:
         assert keys <= set(data["results"])
         for mode in data["results"].values():
@@ -84,13 +73,8 @@ def test_gpu_idle_model_code_runs_on_the_cpu(tmp_path):
     # --device cuda's model, batches and copies, on the CPU: what a GPU run
     # would do, minus the GPU
     pytest.importorskip("torch")
-    out = tmp_path / "out.json"
-    result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "gpu_idle.py"), "--quick",
-         "--device", "torch-cpu", "--only", "Prefetcher", "--out", str(out)],
-        capture_output=True, text=True, timeout=170)
-    assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    _, data = run_quick(tmp_path, "gpu_idle.py", "--device", "torch-cpu",
+                        "--only", "Prefetcher", timeout=170)
     assert data["device"] == "torch-cpu" and "bf16" in data["model"]
     assert set(data["results"]) == {"shmfuel Prefetcher w=2"}
     for mode in data["results"].values():
