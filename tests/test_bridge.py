@@ -759,3 +759,15 @@ def test_fast_batches_go_bundled_and_slow_ones_at_once(monkeypatch, slow, messag
         for batch in wire.unbundle(frames) or [frames[0]]:
             got.append(int(decoder.batch([batch])[2][0][0]))
     assert got == list(range(10)) and server.credits == 0
+
+
+def test_a_free_threaded_python_is_refused_before_serving(monkeypatch):
+    import sysconfig
+
+    from shmfuel.exceptions import ShmfuelError
+    from shmfuel.server import start_server
+    real = sysconfig.get_config_var
+    monkeypatch.setattr(sysconfig, "get_config_var",
+                        lambda name: 1 if name == "Py_GIL_DISABLED" else real(name))
+    with pytest.raises(ShmfuelError, match="the data server needs a CPython build with the GIL"):
+        start_server(shuffled_stream(), port=0)

@@ -413,3 +413,13 @@ def test_random_abandons_keep_every_epoch_exact(workers, hwm, seed):
             epoch = stream.get_epoch_iterator()
             got = as_lists(b for _, b in zip(range(take), epoch))
             assert got == expected[e][:take]
+
+
+def test_a_free_threaded_python_is_refused_with_the_fix(monkeypatch):
+    import sysconfig
+    real = sysconfig.get_config_var
+    monkeypatch.setattr(sysconfig, "get_config_var",
+                        lambda name: 1 if name == "Py_GIL_DISABLED" else real(name))
+    with pytest.raises(ShmfuelError, match=r"the Prefetcher needs a CPython build with the "
+                                           r"GIL.*standard CPython \(python3.13\)"):
+        Prefetcher(sequential_stream())

@@ -47,6 +47,7 @@ import time
 import traceback
 from typing import Any
 
+from shmfuel._refcounts import check_build
 from shmfuel.bridge import SendBuffers, recv_parts, require_zmq, send_parts, wire
 
 log = logging.getLogger("shmfuel.server")
@@ -155,6 +156,7 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
 
     """
     zmq = require_zmq()
+    check_build("the data server")
     if shard is not None:
         k, n = shard
         if not (isinstance(k, int) and isinstance(n, int) and 0 <= k < n):

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy
 
+from shmfuel._refcounts import check_build
 from shmfuel.exceptions import ClosedError, ShmfuelError
 from shmfuel.prefetch._lifecycle import ProducerPool
 from shmfuel.prefetch.consumer import Consumer
@@ -113,6 +114,7 @@ class Prefetcher(AbstractDataStream):
                  copy: bool = False, timeout: float | None = None,
                  start_method: str | None = None,
                  pin_memory: bool = False, seed: int | None = None) -> None:
+        check_build("the Prefetcher")
         for name, value in (("hwm", hwm), ("workers", workers)):
             if isinstance(value, bool) or not isinstance(value,
                                                          numbers.Integral):
