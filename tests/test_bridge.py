@@ -1,5 +1,6 @@
 """The ZeroMQ bridge, with servers in subprocesses on free loopback ports."""
 
+import contextlib
 import os
 import pickle
 import re
@@ -168,6 +169,21 @@ def test_slow_batches_are_not_mistaken_for_a_dead_server():
             assert len(list(client.get_epoch_iterator())) == 2
         finally:
             client.close()
+
+
+@contextlib.contextmanager
+def python_process(code):
+    """``python -c code`` in the tests' folder, its stdout piped; killed
+    when the block ends."""
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=TESTS, text=True,
+                               env=dict(os.environ, PYTHONPATH=TESTS),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
 
 
 def raw_dealer(port, hello=False):
@@ -537,16 +553,9 @@ def test_a_signal_delivered_to_another_thread_stops_the_server_at_once():
         start_server(shuffled(), port=0, heartbeat=60, ready=ready)
         print("stopped", flush=True)
         """)
-    server = subprocess.Popen([sys.executable, "-c", code], cwd=TESTS, text=True,
-                              env=dict(os.environ, PYTHONPATH=TESTS),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
+    with python_process(code) as server:
         assert server.wait(10) == 0
         assert server.stdout.read() == "stopped\n"
-    finally:
-        server.kill()
-        server.wait()
-        server.stdout.close()
 
 
 @pytest.mark.timeout(60)
@@ -615,18 +624,12 @@ def test_ctrl_c_interrupts_a_client_waiting_for_a_batch():
             "finally:\n"
             "    client.close()\n")
     with Server("stuck", "--heartbeat", "30") as server:
-        trainer = subprocess.Popen([sys.executable, "-c", code.format(port=server.port)],
-                                   stdout=subprocess.PIPE, text=True)
-        try:
+        with python_process(code.format(port=server.port)) as trainer:
             assert trainer.stdout.readline() == "waiting\n"
             time.sleep(0.5)  # into its wait (an earlier signal is caught too)
             trainer.send_signal(signal.SIGINT)
             assert trainer.wait(10) == 0
             assert trainer.stdout.read() == "interrupted\n"
-        finally:
-            trainer.kill()
-            trainer.wait()
-            trainer.stdout.close()
 
 
 @pytest.mark.parametrize("bundle", [1, 3])  # batches per message
