@@ -295,28 +295,26 @@ class _Server:
         text = frames[0].bytes if len(frames) == 1 else None
         credits = self.credit_messages.get(text)
         if credits is not None:
-            session = self.session
-            if session is not None and identity == session.identity:
-                self.credits += credits
-            return
-        try:
-            header, _ = wire.decode(frames, wire.CLIENT_TYPES)
-            kind = header["type"]
-            epoch = wire.count(header, "epoch") if kind == wire.EPOCH else 0
-            credits = wire.count(header, "credits")
-        except wire.WireError as exc:
-            log.warning("ignoring a malformed message: %s", exc)
+            kind, epoch = wire.CREDIT, 0
+        else:
             try:
-                self.router.send_multipart([identity] + wire.encode(
-                    wire.ERROR, exc_type="WireError", epoch=-1,
-                    message=f"malformed message: {exc}", traceback=""))
-            except self.zmq.ZMQError:
-                pass
-            return
-        if kind == wire.CREDIT and text is not None:
-            if len(self.credit_messages) >= 64:
-                self.credit_messages.clear()
-            self.credit_messages[text] = credits
+                header, _ = wire.decode(frames, wire.CLIENT_TYPES)
+                kind = header["type"]
+                epoch = wire.count(header, "epoch") if kind == wire.EPOCH else 0
+                credits = wire.count(header, "credits")
+            except wire.WireError as exc:
+                log.warning("ignoring a malformed message: %s", exc)
+                try:
+                    self.router.send_multipart([identity] + wire.encode(
+                        wire.ERROR, exc_type="WireError", epoch=-1,
+                        message=f"malformed message: {exc}", traceback=""))
+                except self.zmq.ZMQError:
+                    pass
+                return
+            if kind == wire.CREDIT and text is not None:
+                if len(self.credit_messages) >= 64:
+                    self.credit_messages.clear()
+                self.credit_messages[text] = credits
         session = self.session
         if kind == wire.HELLO:
             if session is not None and session.identity != identity:
