@@ -28,6 +28,7 @@ class FakePinning:
     def __init__(self):
         self.registered = {}
         self.unregistered = 0
+        self.waited = 0
         self.events = []
 
     def register(self, mapping):
@@ -47,6 +48,11 @@ class FakePinning:
 
     def done(self, event):
         return event.query()
+
+    def wait(self, event):
+        self.waited += 1
+        while not event.query():
+            pass
 
 
 def grow(data):
@@ -74,6 +80,9 @@ def test_slots_wait_for_their_copies_and_the_ring_never_wedges(monkeypatch):
     # recycled only after the event completed
     assert stats["batches"] == 80
     assert len(fake.events) == 80 - stats["copied"] > 20
+    # a producer whose slots all wait for the device is waited for: its
+    # batches stay in page-locked slots rather than being copied out
+    assert stats["copied"] == 0 and fake.waited > 0
     assert all(event.polls_left <= 0 for event in fake.events[:-3])
 
 

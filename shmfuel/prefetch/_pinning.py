@@ -7,7 +7,9 @@ drops its views, so a released slot is recycled only once a CUDA event
 recorded at release time (after the copy was queued on the current stream)
 has completed. The consumer polls these events while it waits for a batch,
 so a training loop that queues work far ahead of the GPU cannot wedge the
-ring with slots that nobody looks at again.
+ring with slots that nobody looks at again; when every slot of a producer
+waits for the device, the consumer waits for the oldest event rather than
+hand out an unpinned copy.
 """
 
 from __future__ import annotations
@@ -55,3 +57,6 @@ class CudaPinning:
 
     def done(self, event: Any) -> bool:
         return bool(event.query())
+
+    def wait(self, event: Any) -> None:
+        event.synchronize()

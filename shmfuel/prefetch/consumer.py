@@ -315,6 +315,20 @@ class Consumer:
                     still.append((event, worker, slot))
             self.in_flight = still
 
+    def _await_copies(self, channel: Channel) -> None:
+        """Wait for the device to finish with this producer's released slots
+        until one is free, instead of copying the batch out: a training loop
+        that queued copies far ahead of the GPU is held back, as a full
+        CUDA queue would hold it, and every batch stays page-locked."""
+        while channel.held + 1 >= channel.slots:
+            for event, worker, _ in self.in_flight:
+                if worker == channel.worker:
+                    self.pinning.wait(event)
+                    break
+            else:
+                return  # the caller holds the views: copy
+            self._collect()
+
     def _flush(self) -> None:
         self.to_free = 0
         for channel in self.channels:
@@ -541,6 +555,8 @@ class Consumer:
         owned arrays and free the slot at once, else views as usual."""
         if channel.held + 1 >= channel.slots:
             self._collect()
+            if self.pinning is not None:
+                self._await_copies(channel)
         if not self.copy and channel.held + 1 < channel.slots:
             values, has_view = layout.read_batch(owner, specs)
             if has_view:

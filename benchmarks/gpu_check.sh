@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Everything a CUDA machine checks, in one run that stays inside a budget:
+#   1. the CUDA tests (pinned ring slots against real copies),
+#   2. benchmarks/gpu_idle.py --device cuda --plot,
+#   3. the whole test suite, then a second gpu_idle run, while time is left.
+#
+#   OUT=dir BUDGET_S=500 bash benchmarks/gpu_check.sh
+#
+# Logs, JSON and the plot go to $OUT (default benchmarks/results). Wheels in
+# .whl/ (pyzmq for the bridge rows) are installed first when present.
+# GPU_IDLE="--device torch-cpu --quick" tries the script on a machine
+# without a GPU.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+BUDGET_S=${BUDGET_S:-500}
+read -r -a GPU_IDLE <<< "${GPU_IDLE:---device cuda}"
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+LOG=$OUT/gpu_check.log
+
+left() { echo $((BUDGET_S - SECONDS)); }
+step() {  # step NAME SECONDS COMMAND...: run with a timeout, log, go on
+    local name=$1 limit=$2
+    shift 2
+    if [ "$(left)" -lt "$limit" ]; then limit=$(left); fi
+    if [ "$limit" -lt 20 ]; then
+        echo "== $name: skipped, $(left) s left" | tee -a "$LOG"
+        return
+    fi
+    echo "== $name (at ${SECONDS} s, limit ${limit} s)" | tee -a "$LOG"
+    timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    echo "== $name: exit ${PIPESTATUS[0]} after ${SECONDS} s" | tee -a "$LOG"
+}
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
+    python3 -c "import sys, numpy, torch; print(sys.version.split()[0], 'numpy',
+numpy.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+    python3 -c "import zmq; print('pyzmq', zmq.__version__)" || echo "no pyzmq"
+    nproc; df -h /dev/shm | tail -1
+} 2>&1 | tee "$LOG"
+
+step "CUDA tests" 120 python3 -m pytest -p no:cacheprovider -q tests/test_cuda.py \
+    tests/test_pinning.py
+step "gpu_idle" 240 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" --plot \
+    --out "$OUT/gpu_idle_cuda.json"
+step "test suite" 150 python3 -m pytest -p no:cacheprovider -q
+step "gpu_idle again" 200 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" \
+    --out "$OUT/gpu_idle_cuda_2.json"
+echo "== done at ${SECONDS} s" | tee -a "$LOG"
