@@ -75,7 +75,7 @@ def test_closing_waits_for_copies_still_reading_the_ring():
     stream = Mapping(sequential_stream(n=24, batch_size=1), fill)
     copies = []
     with Prefetcher(stream, hwm=4, pin_memory=True) as prefetched:
-        for n, (x,) in zip(range(4), prefetched.get_epoch_iterator()):
+        for _, (x,) in zip(range(4), prefetched.get_epoch_iterator()):
             torch.cuda._sleep(4 * GPU_SLEEP_CYCLES)
             copies.append(torch.from_numpy(x).to("cuda", non_blocking=True))
             del x
