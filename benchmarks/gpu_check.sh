@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything a CUDA machine checks, in one run that stays inside a budget:
-#   1. the CUDA tests (pinned ring slots against real copies),
-#   2. benchmarks/gpu_idle.py --device cuda --plot,
-#   3. the whole test suite, then a second gpu_idle run, while time is left.
+#   1. benchmarks/gpu_idle.py --device cuda --plot,
+#   2. the CUDA tests (pinned ring slots against real copies), the bridge's
+#      and the benchmarks' (the machine's own numpy and Python),
+#   3. the other tests, while time is left.
 #
 #   OUT=dir BUDGET_S=500 bash benchmarks/gpu_check.sh
 #
@@ -45,11 +46,12 @@ numpy.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
     nproc; df -h /dev/shm | tail -1
 } 2>&1 | tee "$LOG"
 
-step "CUDA tests" 120 python3 -m pytest -p no:cacheprovider -q tests/test_cuda.py \
-    tests/test_pinning.py
-step "gpu_idle" 240 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" --plot \
+step "gpu_idle" 230 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" --plot \
     --out "$OUT/gpu_idle_cuda.json"
-step "test suite" 150 python3 -m pytest -p no:cacheprovider -q
-step "gpu_idle again" 200 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" \
-    --out "$OUT/gpu_idle_cuda_2.json"
+step "bridge, benchmark and CUDA tests" 150 python3 -m pytest -p no:cacheprovider -v \
+    -rfE --tb=short tests/test_bridge.py tests/test_benchmarks.py tests/test_cuda.py \
+    tests/test_pinning.py
+step "the other tests" 150 python3 -m pytest -p no:cacheprovider -q -rfE --tb=short \
+    --ignore=tests/test_cuda.py --ignore=tests/test_pinning.py \
+    --ignore=tests/test_bridge.py --ignore=tests/test_benchmarks.py
 echo "== done at ${SECONDS} s" | tee -a "$LOG"

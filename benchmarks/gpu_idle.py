@@ -14,11 +14,14 @@ The loop is fed in-process, by torch's DataLoader (2/4/8 workers, pinned
 memory on CUDA), by shmfuel's Prefetcher (2/4/8 producers, with and without
 ``pin_memory`` on CUDA) and by the bridge (server with 2 producers). For
 each mode: utilisation = pure compute time (the same steps with the data
-already in place) / wall time, over all steps after the first batch and
+already in place, measured before and after the modes; the faster counts)
+/ wall time, over all steps after the first batch and
 in the steady state (after ``--warmup`` steps, which fill every feeder's
 queues: a shmfuel ring's first fill also has the kernel zero its new
 slots); the wait for data per step (p50/p95/max,
-H2D copy included); time to the first batch; CPU used by producer
+H2D copy included); the time a step call takes on the host (p50: a
+launch-bound model's steps slow down when feeders compete for the CPU or
+the GIL); time to the first batch; CPU used by producer
 processes (% of one core); peak shared memory (growth of the system's
 ``Shmem``). ``--plot`` writes a PNG (needs matplotlib).
 
@@ -209,7 +212,7 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
     base = peak = shmem_bytes()
     started = time.perf_counter()
     batches, close = make()
-    waits = []
+    waits, step_times = [], []
     first = None
     steady_started = None
     try:
@@ -224,7 +227,9 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
             if first is None:
                 first = time.perf_counter() - started
                 loop_started = time.perf_counter()
+            stepped = time.perf_counter()
             accelerator.step(batch)
+            step_times.append(time.perf_counter() - stepped)
             del batch
         accelerator.sync()
         ended = time.perf_counter()
@@ -237,6 +242,7 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
     return {"wall_s": wall, "steady_wall_s": steady, "wait_ms": {"p50": float(numpy.percentile(w, 50)),
                                         "p95": float(numpy.percentile(w, 95)),
                                         "max": float(w.max())},
+            "step_call_ms_p50": 1000 * float(numpy.median(step_times)),
             "time_to_first_batch_s": first, "producer_cpu_pct": 100 * cpu / wall,
             "peak_shared_mb": (peak - base) / 1e6}
 
@@ -258,9 +264,12 @@ def settle(patience: float = 10.0) -> None:
 
 
 def pure_compute(accelerator: Any, data: dict[str, numpy.ndarray], steps: int) -> float:
+    """Seconds for ``steps`` steps on one batch already in place (after a
+    few untimed ones: allocator, kernel selection)."""
     batch = accelerator.to_device(augment(data["images"][:BATCH], data["labels"][:BATCH],
                                           numpy.random.default_rng(0)))
-    accelerator.step(batch)
+    for _ in range(min(20, steps)):
+        accelerator.step(batch)
     accelerator.sync()
     started = time.perf_counter()
     for _ in range(steps):
@@ -390,7 +399,7 @@ def main() -> None:
         accelerator: Any = SleepStep(args.step_ms)
     else:
         accelerator = ModelStep("cuda" if args.device == "cuda" else "cpu")
-    compute = pure_compute(accelerator, data, args.steps)
+    before = pure_compute(accelerator, data, args.steps)
     per_batch = []
     rng = numpy.random.default_rng(0)
     for k in range(min(5, args.batches)):
@@ -399,32 +408,44 @@ def main() -> None:
                 data["labels"][k * BATCH:(k + 1) * BATCH], rng)
         per_batch.append(time.perf_counter() - started)
     augment_ms = 1000 * float(numpy.median(per_batch))
-    print(f"step {1000 * compute / args.steps:.2f} ms of compute, augmentation "
+    print(f"step {1000 * before / args.steps:.2f} ms of compute, augmentation "
           f"{augment_ms:.2f} ms per batch on one core", file=sys.stderr)
     results: dict[str, Any] = {}
     for name, make in modes(data, args.device, args.workers, args.only).items():
         settle()
-        result = run_mode(make, accelerator, args.steps, warmup)
+        results[name] = run_mode(make, accelerator, args.steps, warmup)
+        print(f"{name:<34} {1000 * results[name]['wall_s'] / args.steps:6.2f} ms per step",
+              file=sys.stderr)
+    # the compute floor is measured again after the modes, and the faster of
+    # the two counts: a step whose speed drifts (CPU clocks, a launch-bound
+    # model) must not flatter the modes
+    settle()
+    after = pure_compute(accelerator, data, args.steps)
+    compute = min(before, after)
+    print(f"step {1000 * after / args.steps:.2f} ms of compute after the modes",
+          file=sys.stderr)
+    for result in results.values():
         result["utilisation_pct"] = 100 * compute / result["wall_s"]
         if result["steady_wall_s"]:
             result["steady_utilisation_pct"] = (
                 100 * compute * (args.steps - warmup) / args.steps
                 / result["steady_wall_s"])
-        results[name] = result
-        print(f"{name:<34} {result['utilisation_pct']:5.1f}% busy", file=sys.stderr)
     rows = [[name, f"{r['utilisation_pct']:.1f}",
              f"{r.get('steady_utilisation_pct', float('nan')):.1f}",
              f"{r['wait_ms']['p50']:.2f} / {r['wait_ms']['p95']:.2f} / {r['wait_ms']['max']:.1f}",
+             f"{r['step_call_ms_p50']:.2f}",
              f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
              f"{r['peak_shared_mb']:.0f}"] for name, r in results.items()]
     title = (f"{args.device}: step {1000 * compute / args.steps:.1f} ms, augmentation "
              f"{augment_ms:.1f} ms/batch, batch {BATCH}, {args.steps} steps")
     print(title)
     print(table(["mode", "utilisation %", "steady %", "wait ms p50/p95/max",
-                 "first batch s",
+                 "step call ms p50", "first batch s",
                  "producer CPU %", "peak shm MB"], rows))
     payload = {"benchmark": "gpu_idle", "machine": machine(), "device": args.device,
                "step_ms": 1000 * compute / args.steps, "augment_ms": augment_ms,
+               "step_ms_before": 1000 * before / args.steps,
+               "step_ms_after": 1000 * after / args.steps,
                "steps": args.steps, "warmup_steps": warmup, "batch": BATCH,
                "results": results}
     if args.device != "cpu":

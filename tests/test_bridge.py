@@ -26,11 +26,16 @@ pytestmark = pytest.mark.timeout(60)
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
+def search_path():
+    """PYTHONPATH for a subprocess: the tests' folder, then the caller's."""
+    return os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
+
+
 class Server:
     """``python -m shmfuel serve`` in a subprocess; stops on exit."""
 
     def __init__(self, factory, *args):
-        env = dict(os.environ, PYTHONPATH=TESTS)
+        env = dict(os.environ, PYTHONPATH=search_path())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shmfuel", "serve", f"bridge_factories:{factory}",
              "--port", "0", *args],
@@ -176,7 +181,7 @@ def python_process(code):
     """``python -c code`` in the tests' folder, its stdout piped; killed
     when the block ends."""
     process = subprocess.Popen([sys.executable, "-c", code], cwd=TESTS, text=True,
-                               env=dict(os.environ, PYTHONPATH=TESTS),
+                               env=dict(os.environ, PYTHONPATH=search_path()),
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         yield process
@@ -582,7 +587,7 @@ def test_other_signals_with_handlers_neither_stop_nor_spin_the_server():
         print("stopped", flush=True)
         """)
     out = subprocess.run([sys.executable, "-c", code], cwd=TESTS, text=True,
-                         env=dict(os.environ, PYTHONPATH=TESTS),
+                         env=dict(os.environ, PYTHONPATH=search_path()),
                          capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "1 True\nstopped\n"
