@@ -54,22 +54,27 @@ def seed_table(data: dict[str, Any]) -> list[str]:
 
 
 def gpu_idle_table(data: dict[str, Any]) -> list[str]:
-    lines = [_row(["feeder", "utilisation %", "steady-state %",
-                   "wait per step ms p50 / p95 / max", "first batch s",
-                   "producer CPU %", "peak shared MB"]),
-             _row(["---"] * 7)]
-    order = sorted(data["results"], key=lambda name: (
+    results = data["results"]
+    # runs from before the host's step time was recorded lack that column
+    calls = all("step_call_ms_p50" in r for r in results.values())
+    headers = ["feeder", "utilisation %", "steady-state %",
+               "wait per step ms p50 / p95 / max"]
+    headers += ["step call ms p50"] if calls else []
+    headers += ["first batch s", "producer CPU %", "peak shared MB"]
+    lines = [_row(headers), _row(["---"] * len(headers))]
+    order = sorted(results, key=lambda name: (
         "in-process" not in name, "shmfuel" not in name, name))
     for name in order:
-        r = data["results"][name]
+        r = results[name]
         wait = r["wait_ms"]
-        lines.append(_row([
-            name, f"{r['utilisation_pct']:.1f}",
-            f"{r['steady_utilisation_pct']:.1f}"
-            if "steady_utilisation_pct" in r else "-",
-            f"{wait['p50']:.2f} / {wait['p95']:.2f} / {wait['max']:.1f}",
-            f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
-            f"{r['peak_shared_mb']:.0f}"]))
+        cells = [name, f"{r['utilisation_pct']:.1f}",
+                 f"{r['steady_utilisation_pct']:.1f}"
+                 if "steady_utilisation_pct" in r else "-",
+                 f"{wait['p50']:.2f} / {wait['p95']:.2f} / {wait['max']:.1f}"]
+        cells += [f"{r['step_call_ms_p50']:.2f}"] if calls else []
+        cells += [f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
+                  f"{r['peak_shared_mb']:.0f}"]
+        lines.append(_row(cells))
     return lines
 
 
@@ -120,7 +125,7 @@ REPORTS = [
     ("seed_tutorial.json", "python benchmarks/seed_tutorial.py", seed_table),
     ("gpu_idle_cpu.json", "python benchmarks/gpu_idle.py --device cpu --plot",
      gpu_idle_table),
-    ("gpu_idle_cuda.json", "python benchmarks/gpu_idle.py --device cuda",
+    ("gpu_idle_cuda.json", "python benchmarks/gpu_idle.py --device cuda --plot",
      gpu_idle_table),
     ("throughput.json", "python benchmarks/throughput.py", throughput_table),
     ("throughput_512B_hwm64.json", "python benchmarks/throughput.py --sizes "
@@ -140,8 +145,9 @@ def main() -> None:
         if data is None:
             continue
         machine = data["machine"]
+        extra = "".join(f", {data[key]}" for key in ("gpu", "torch") if key in data)
         print(f"<!-- {command}: {machine['date']}, {machine['cpus']} CPUs, "
-              f"Python {machine['python']}, numpy {machine['numpy']} -->")
+              f"Python {machine['python']}, numpy {machine['numpy']}{extra} -->")
         print("\n".join(render(data)))
         print()
 

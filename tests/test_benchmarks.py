@@ -90,3 +90,7 @@ def test_report_renders_the_committed_results():
     assert "| mode | training s | whole process s | speed-up |" in result.stdout
     assert "| transport | 512 B | 64 KiB | 1 MiB | 38.5 MB |" in result.stdout
     assert "| shmfuel Prefetcher w=1 |" in result.stdout
+    # the GPU run's table, with the host's time per step call
+    assert "NVIDIA H100" in result.stdout
+    assert "| shmfuel Prefetcher w=8 pinned | 91.5 |" in result.stdout
+    assert "step call ms p50" in result.stdout
