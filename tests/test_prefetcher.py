@@ -361,6 +361,39 @@ def test_forked_producers_share_large_arrays_instead_of_unpickling_them():
     assert not _payload._INHERITED
 
 
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_unforked_producers_get_the_stream_in_one_segment_not_as_arguments(
+        start_method, monkeypatch):
+    # start() writes a process's arguments down a pipe that the child reads
+    # only after its imports: a large stream there made each start wait
+    from shmfuel.prefetch import _lifecycle, layout
+    sent, arguments = [], []
+    real_send = _lifecycle.ring.send_segment
+
+    def send_segment(sock, message, fd):
+        sent.append(layout.MESSAGE.unpack(message)[0])
+        real_send(sock, message, fd)
+    process_class = _lifecycle.choose_context(start_method).Process
+    real_start = process_class.start
+
+    def start(process):
+        arguments.append(process._args[0])
+        real_start(process)
+    monkeypatch.setattr(_lifecycle.ring, "send_segment", send_segment)
+    monkeypatch.setattr(process_class, "start", start)
+    big = numpy.arange(2**19, dtype="float64")  # 4 MiB
+    stream = DataStream(IndexableDataset({"x": big}),
+                        iteration_scheme=SequentialScheme(len(big), 2**17))
+    with Prefetcher(stream, workers=2, start_method=start_method) as prefetched:
+        got = numpy.concatenate([x for x, in prefetched.get_epoch_iterator()])
+    numpy.testing.assert_array_equal(got, big)
+    if start_method == "fork":  # arrays inherited: a small payload, no segment
+        assert layout.MSG_STREAM not in sent
+        assert all(len(payload) < 100_000 for payload in arguments)
+    else:
+        assert sent.count(layout.MSG_STREAM) == 2 and arguments == [None, None]
+
+
 def test_abandoning_an_epoch_stops_a_slow_producer_promptly(tmp_path):
     log = tmp_path / "calls"
     stream = Mapping(sequential_stream(n=200, batch_size=1), count_calls(str(log), 0.02))

@@ -140,30 +140,49 @@ class ProducerPool:
         # (forked children inherit the parent's): each gets its own base.
         base = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
         shared = control.mode() == "shared"
-        for worker in range(workers):
-            ours, theirs = socket.socketpair(socket.AF_UNIX,
-                                             socket.SOCK_STREAM)
-            self.sockets.append(ours)
-            if shared:  # the producer's first message: its control page
-                fd, page = control.create(slots[worker])
-                try:
-                    ring.send_segment(ours, layout.encode_message(
-                        layout.MSG_CONTROL, slots[worker], len(page)), fd)
-                finally:
-                    os.close(fd)
-                self.controls.append(page)
-            else:
-                self.controls.append(None)
-            close_fds = ([s.fileno() for s in self.sockets]
-                         if self.start_method == "fork" else [])
-            process = context.Process(
-                target=producer.main, name=f"shmfuel-producer-{worker}",
-                args=(payload, theirs, worker, workers, slots[worker],
-                      os.getpid(), close_fds, base, seed is not None,
-                      shared))
-            process.start()
-            theirs.close()
-            self.processes.append(process)
+        forked = self.start_method == "fork"
+        # not forked: the stream goes in a segment, not in the arguments,
+        # which start() would write down a pipe until the child, busy with
+        # its imports, took them all, one producer after another
+        stream_fd = None if forked else _payload.to_segment(payload)
+        try:
+            for worker in range(workers):
+                self._start_one(context, payload if forked else None, stream_fd,
+                                len(payload), worker, workers, slots, base, seed,
+                                shared)
+        finally:
+            if stream_fd is not None:
+                os.close(stream_fd)
+
+    def _start_one(self, context: Any, payload: bytes | None,
+                   stream_fd: int | None, size: int, worker: int, workers: int,
+                   slots: list[int], base: int, seed: int | None,
+                   shared: bool) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sockets.append(ours)
+        if stream_fd is not None:  # the producer's first message
+            ring.send_segment(ours, layout.encode_message(
+                layout.MSG_STREAM, 0, size), stream_fd)
+        if shared:  # then its control page
+            fd, page = control.create(slots[worker])
+            try:
+                ring.send_segment(ours, layout.encode_message(
+                    layout.MSG_CONTROL, slots[worker], len(page)), fd)
+            finally:
+                os.close(fd)
+            self.controls.append(page)
+        else:
+            self.controls.append(None)
+        close_fds = ([s.fileno() for s in self.sockets]
+                     if self.start_method == "fork" else [])
+        process = context.Process(
+            target=producer.main, name=f"shmfuel-producer-{worker}",
+            args=(payload, theirs, worker, workers, slots[worker],
+                  os.getpid(), close_fds, base, seed is not None,
+                  shared))
+        process.start()
+        theirs.close()
+        self.processes.append(process)
 
     def shutdown(self) -> None:
         """Stop every producer; idempotent. See the module docstring."""

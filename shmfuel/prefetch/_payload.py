@@ -6,16 +6,22 @@ dataset) need not be pickled at all: the child already has the parent's
 memory, copy-on-write. They are left out of the payload by reference
 (``persistent_id``) and found again in the child in ``_INHERITED``, which
 the fork copied. So N producers share one copy of an in-memory dataset
-instead of each unpickling its own, and start in milliseconds.
+instead of each unpickling its own, and start in milliseconds. Other start
+methods get the payload in a shared segment (``to_segment``) rather than
+as a process argument.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from typing import Any
 
 import numpy
+
+from shmfuel.exceptions import SharedMemoryError
+from shmfuel.prefetch import ring
 
 INHERIT_BYTES = 1 << 20
 _INHERITED: dict[int, Any] = {}
@@ -58,8 +64,42 @@ class _Unpickler(pickle.Unpickler):
         return _INHERITED[key]
 
 
-def loads(payload: bytes) -> Any:
+def loads(payload: Any) -> Any:
+    """The stream, from the payload's bytes (or any buffer of them)."""
     return _Unpickler(io.BytesIO(payload)).load()
+
+
+def to_segment(payload: bytes) -> int:
+    """An anonymous shared segment holding ``payload``, as a file descriptor.
+
+    A producer that is not forked reads the stream from it: one copy for
+    any number of producers, and process starts that need not wait for
+    each child to take a large argument off a pipe.
+    """
+    fd = ring.create_segment(len(payload), "the pickled data stream")
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.pwrite(fd, view, len(payload) - len(view)):]
+    except OSError as exc:
+        os.close(fd)
+        raise SharedMemoryError(
+            f"cannot write the {len(payload) / 2**20:.1f} MiB pickled data "
+            f"stream to shared memory ({exc.strerror}); {ring.fix_hint()}") from exc
+    return fd
+
+
+def from_segment(fd: int, size: int) -> bytes:
+    """The payload's bytes, read from the segment ``to_segment`` made."""
+    chunks, done = [], 0
+    while done < size:
+        chunk = os.pread(fd, size - done, done)
+        if not chunk:
+            raise EOFError(f"the pickled data stream ends after {done} of "
+                           f"{size} bytes")
+        chunks.append(chunk)
+        done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class inherited:

@@ -53,10 +53,13 @@ MSG_ERROR = 4      # b=payload length: the pipeline raised; payload follows
 MSG_FREE = 5       # a=slot: the consumer no longer reads the slot
 MSG_START = 6      # b=epoch: the consumer started this epoch
 MSG_STOP = 7       # shut down
-MSG_CONTROL = 8    # a=slots, b=size: the control page (fd attached; first)
+MSG_CONTROL = 8    # a=slots, b=size: the control page (fd attached; first
+                   # after the stream)
 # either way
 MSG_WAKE = 9       # look at the control page (see ``control``)
-_LAST = MSG_WAKE
+# consumer -> producer, when not forked
+MSG_STREAM = 10    # b=size: the pickled stream (fd attached; the very first)
+_LAST = MSG_STREAM
 MESSAGE = struct.Struct("<IIQ")
 
 

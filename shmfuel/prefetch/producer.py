@@ -388,17 +388,39 @@ def _check_batch(batch: Any, sources: tuple[str, ...]) -> None:
                          f"{len(sources)} sources {sources}")
 
 
+def _receive_fd(sock: socket.socket, expected: int) -> tuple[int, int, int]:
+    """A message with a file descriptor that the consumer sent before
+    starting us: the descriptor and the message's two fields."""
+    data, fds, _, _ = socket.recv_fds(sock, layout.MESSAGE.size, 1)
+    if len(data) != layout.MESSAGE.size or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise RuntimeError("the consumer's first messages did not arrive "
+                           "whole; it may have exited while we started")
+    kind, a, b = layout.MESSAGE.unpack(data)
+    if kind != expected:
+        os.close(fds[0])
+        raise RuntimeError(f"the consumer's first messages were not as "
+                           f"expected (got kind {kind}, wanted {expected})")
+    return fds[0], a, b
+
+
+def _receive_stream(sock: socket.socket) -> bytes:
+    """The pickled stream, from the segment the consumer sent first."""
+    fd, _, size = _receive_fd(sock, layout.MSG_STREAM)
+    try:
+        return _payload.from_segment(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _receive_control(sock: socket.socket, slots: int) -> Any:
     """The control page the consumer sent before starting us."""
-    data, fds, _, _ = socket.recv_fds(sock, layout.MESSAGE.size, 1)
-    kind, _, size = layout.MESSAGE.unpack(data)
-    if kind != layout.MSG_CONTROL or len(fds) != 1:
-        raise RuntimeError("the consumer's first message was not the "
-                           "control page")
+    fd, _, size = _receive_fd(sock, layout.MSG_CONTROL)
     try:
-        mapping = ring.map_segment(fds[0], size)
+        mapping = ring.map_segment(fd, size)
     finally:
-        os.close(fds[0])
+        os.close(fd)
     return control.ControlPage(mapping, slots)
 
 
@@ -409,10 +431,11 @@ def seed_globals(*key: int) -> None:
     numpy.random.seed(int(seeds[1]))
 
 
-def main(payload: bytes, sock: socket.socket, worker: int, workers: int,
+def main(payload: bytes | None, sock: socket.socket, worker: int, workers: int,
          slots: int, consumer_pid: int, close_fds: list[int], seed: int,
          per_batch: bool, shared: bool = False) -> None:
-    """Entry point of a producer process."""
+    """Entry point of a producer process. Without ``payload`` (not forked),
+    the stream comes first on ``sock``, in a shared segment."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close_fds:
         try:
@@ -422,6 +445,8 @@ def main(payload: bytes, sock: socket.socket, worker: int, workers: int,
     seed_globals(seed, worker)
     producer = Producer(sock, worker, workers, slots, consumer_pid)
     producer.seed = seed if per_batch else None
+    if payload is None:
+        payload = _receive_stream(sock)
     if shared:
         producer.control = _receive_control(sock, slots)
     producer.run(payload)
