@@ -295,7 +295,7 @@ def run_pull(fuel_style: bool) -> Callable[[int, int], Timing]:
                     frame = pull.recv(copy=False)
                     value = numpy.frombuffer(frame.buffer, numpy.lib.format
                                              .descr_to_dtype(header["descr"]))
-                    value.shape = header["shape"]
+                    value = value.reshape(header["shape"])
                     values.append(value)
                 yield values[0]
         try:
