@@ -298,7 +298,9 @@ def test_batches_are_announced_the_way_the_environment_says(ring_notify):
         assert [page is not None for page in pages] == [ring_notify == "shared"] * 2
         assert len(list(stream.get_epoch_iterator())) == 10
         if ring_notify == "shared":  # every batch and both ends went through
-            assert sum(page.messages_read for page in pages) == 10 + 2
+            # (and perhaps batches of the next epoch, which the producers
+            # may announce before the consumer has looked at both ends)
+            assert 10 + 2 <= sum(page.messages_read for page in pages) <= 10 + 2 + 10
 
 
 def test_bad_arguments():
