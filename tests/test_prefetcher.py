@@ -396,6 +396,20 @@ def test_unforked_producers_get_the_stream_in_one_segment_not_as_arguments(
         assert sent.count(layout.MSG_STREAM) == 2 and arguments == [None, None]
 
 
+def test_no_shared_memory_for_the_stream_is_an_error_that_names_the_fix(monkeypatch):
+    import errno
+
+    from shmfuel.exceptions import SharedMemoryError
+
+    def no_space(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(SharedMemoryError,
+                       match="for the pickled data stream .*No space.*"
+                             "start_method='fork'"):
+        Prefetcher(sequential_stream(), workers=2, start_method="spawn")
+
+
 def test_abandoning_an_epoch_stops_a_slow_producer_promptly(tmp_path):
     log = tmp_path / "calls"
     stream = Mapping(sequential_stream(n=200, batch_size=1), count_calls(str(log), 0.02))

@@ -76,7 +76,10 @@ def to_segment(payload: bytes) -> int:
     any number of producers, and process starts that need not wait for
     each child to take a large argument off a pipe.
     """
-    fd = ring.create_segment(len(payload), "the pickled data stream")
+    fix = ("free memory, or make the stream smaller: open large data in "
+           "the producers (NpyDataset, H5PYDataset) instead of holding it, "
+           "or pass start_method='fork', which shares it")
+    fd = ring.create_segment(len(payload), "the pickled data stream", fix)
     try:
         view = memoryview(payload)
         while view:
@@ -85,7 +88,7 @@ def to_segment(payload: bytes) -> int:
         os.close(fd)
         raise SharedMemoryError(
             f"cannot write the {len(payload) / 2**20:.1f} MiB pickled data "
-            f"stream to shared memory ({exc.strerror}); {ring.fix_hint()}") from exc
+            f"stream to shared memory ({exc.strerror}); {fix}") from exc
     return fd
 
 

@@ -42,7 +42,7 @@ def grown_size(needed: int, current: int) -> int:
     return round_up(max(needed, current + current // 4))
 
 
-def fix_hint() -> str:
+def _fix_hint() -> str:
     if hasattr(os, "memfd_create"):
         return ("free memory, lower hwm or the batch size, or raise the "
                 "container's memory limit")
@@ -50,7 +50,8 @@ def fix_hint() -> str:
             "the batch size (in Docker: docker run --shm-size=...)")
 
 
-def create_segment(size: int, what: str = "a ring slot") -> int:
+def create_segment(size: int, what: str = "a ring slot",
+                   fix: str | None = None) -> int:
     """A file descriptor of a new anonymous shared segment of ``size`` bytes.
 
     Raises
@@ -75,7 +76,7 @@ def create_segment(size: int, what: str = "a ring slot") -> int:
         os.close(fd)
         raise SharedMemoryError(
             f"cannot reserve {size / 2**20:.1f} MiB of shared memory for "
-            f"{what} ({exc.strerror}); {fix_hint()}") from exc
+            f"{what} ({exc.strerror}); {fix or _fix_hint()}") from exc
     return fd
 
 
