@@ -3,9 +3,10 @@
 Start
     The stream is pickled once with cloudpickle (so lambdas and classes
     defined in ``__main__`` travel; with fork, large arrays stay in the
-    memory the children inherit, see ``_payload``) and handed to each
-    producer with one end of its own ``socketpair`` and, first on it, the
-    producer's control page (see ``control``). The start method is ``fork`` when that is
+    memory the children inherit, see ``_payload``). Each producer gets one
+    end of its own ``socketpair`` and, first on it, the pickled stream in
+    a shared segment (unless forked: then it is an argument) and its
+    control page (see ``control``). The start method is ``fork`` when that is
     safe (Linux, one thread, no CUDA context: start-up in milliseconds),
     else ``forkserver`` (or ``spawn`` where there is no forkserver); pass
     ``start_method`` to choose.
@@ -147,42 +148,34 @@ class ProducerPool:
         stream_fd = None if forked else _payload.to_segment(payload)
         try:
             for worker in range(workers):
-                self._start_one(context, payload if forked else None, stream_fd,
-                                len(payload), worker, workers, slots, base, seed,
-                                shared)
+                ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                                 socket.SOCK_STREAM)
+                self.sockets.append(ours)
+                if stream_fd is not None:  # the producer's first message
+                    ring.send_segment(ours, layout.encode_message(
+                        layout.MSG_STREAM, 0, len(payload)), stream_fd)
+                if shared:  # then its control page
+                    fd, page = control.create(slots[worker])
+                    try:
+                        ring.send_segment(ours, layout.encode_message(
+                            layout.MSG_CONTROL, slots[worker], len(page)), fd)
+                    finally:
+                        os.close(fd)
+                    self.controls.append(page)
+                else:
+                    self.controls.append(None)
+                close_fds = [s.fileno() for s in self.sockets] if forked else []
+                process = context.Process(
+                    target=producer.main, name=f"shmfuel-producer-{worker}",
+                    args=(payload if forked else None, theirs, worker, workers,
+                          slots[worker], os.getpid(), close_fds, base,
+                          seed is not None, shared))
+                process.start()
+                theirs.close()
+                self.processes.append(process)
         finally:
             if stream_fd is not None:
                 os.close(stream_fd)
-
-    def _start_one(self, context: Any, payload: bytes | None,
-                   stream_fd: int | None, size: int, worker: int, workers: int,
-                   slots: list[int], base: int, seed: int | None,
-                   shared: bool) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sockets.append(ours)
-        if stream_fd is not None:  # the producer's first message
-            ring.send_segment(ours, layout.encode_message(
-                layout.MSG_STREAM, 0, size), stream_fd)
-        if shared:  # then its control page
-            fd, page = control.create(slots[worker])
-            try:
-                ring.send_segment(ours, layout.encode_message(
-                    layout.MSG_CONTROL, slots[worker], len(page)), fd)
-            finally:
-                os.close(fd)
-            self.controls.append(page)
-        else:
-            self.controls.append(None)
-        close_fds = ([s.fileno() for s in self.sockets]
-                     if self.start_method == "fork" else [])
-        process = context.Process(
-            target=producer.main, name=f"shmfuel-producer-{worker}",
-            args=(payload, theirs, worker, workers, slots[worker],
-                  os.getpid(), close_fds, base, seed is not None,
-                  shared))
-        process.start()
-        theirs.close()
-        self.processes.append(process)
 
     def shutdown(self) -> None:
         """Stop every producer; idempotent. See the module docstring."""

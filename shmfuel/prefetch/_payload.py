@@ -64,8 +64,7 @@ class _Unpickler(pickle.Unpickler):
         return _INHERITED[key]
 
 
-def loads(payload: Any) -> Any:
-    """The stream, from the payload's bytes (or any buffer of them)."""
+def loads(payload: bytes) -> Any:
     return _Unpickler(io.BytesIO(payload)).load()
 
 
