@@ -348,19 +348,42 @@ def test_garbage_collected_prefetcher_stops_its_producers():
     assert gone(pids)
 
 
-def test_forked_producers_share_large_arrays_instead_of_unpickling_them():
+def test_producers_share_large_arrays_instead_of_unpickling_them():
     from shmfuel.prefetch import _payload
     big = numpy.arange(2**20, dtype="float64")  # 8 MiB
     stream = DataStream(IndexableDataset({"x": big}),
                         iteration_scheme=SequentialScheme(len(big), 2**18))
-    payload, kept = _payload.dumps(stream, inherit=True)
-    assert len(payload) < 100_000 and list(kept.values())[0] is big
-    assert len(_payload.dumps(stream, inherit=False)[0]) > big.nbytes
+    payload = _payload.dumps(stream, inherit=True)
+    assert len(payload.data) < 100_000 and list(payload.kept.values())[0] is big
+    assert payload.buffers == []
+    # not forked: the array goes out of band, into the shared segment
+    payload = _payload.dumps(stream, inherit=False)
+    assert len(payload.data) < 100_000 and payload.kept == {}
+    assert [b.raw().nbytes for b in payload.buffers] == [big.nbytes]
     for start_method in ("fork", "spawn"):
         with Prefetcher(stream, start_method=start_method, workers=2) as prefetched:
             got = numpy.concatenate([x for x, in prefetched.get_epoch_iterator()])
         numpy.testing.assert_array_equal(got, big)
     assert not _payload._INHERITED
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_a_producer_writing_to_its_dataset_writes_to_its_own_copy(start_method):
+    class Counting(IndexableDataset):
+        """Adds 1 to its whole (shared) array after each request."""
+
+        def get_data(self, state=None, request=None):
+            (array,) = self.indexables
+            value = array[request].copy()
+            array += 1
+            return (value,)
+    dataset = Counting({"x": numpy.zeros(2**18)})  # 2 MiB: shared, not pickled
+    stream = DataStream(dataset, iteration_scheme=SequentialScheme(8, 2))
+    with Prefetcher(stream, workers=2, start_method=start_method) as prefetched:
+        got = [x.tolist() for x, in prefetched.get_epoch_iterator()]
+    # each producer counts its own requests, as forked copies would
+    assert got == [[0, 0], [0, 0], [1, 1], [1, 1]]
+    assert not dataset.indexables[0].any()  # the parent's array is untouched
 
 
 @pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])

@@ -3,10 +3,11 @@
 Start
     The stream is pickled once with cloudpickle (so lambdas and classes
     defined in ``__main__`` travel; with fork, large arrays stay in the
-    memory the children inherit, see ``_payload``). Each producer gets one
-    end of its own ``socketpair`` and, first on it, the pickled stream in
-    a shared segment (unless forked: then it is an argument) and its
-    control page (see ``control``). The start method is ``fork`` when that is
+    memory the children inherit; otherwise they are shared out of band,
+    see ``_payload``). Each producer gets one end of its own
+    ``socketpair`` and, first on it, the pickled stream in a shared
+    segment (unless forked: then it is an argument) and its control page
+    (see ``control``). The start method is ``fork`` when that is
     safe (Linux, one thread, no CUDA context: start-up in milliseconds),
     else ``forkserver`` (or ``spawn`` where there is no forkserver); pass
     ``start_method`` to choose.
@@ -117,8 +118,7 @@ class ProducerPool:
         context = choose_context(start_method)
         self.start_method = context.get_start_method()
         try:
-            payload, kept = _payload.dumps(stream,
-                                           inherit=self.start_method == "fork")
+            payload = _payload.dumps(stream, inherit=self.start_method == "fork")
         except Exception as exc:
             raise TypeError(f"the data stream cannot be pickled for the "
                             f"producers: {exc}") from exc
@@ -129,13 +129,13 @@ class ProducerPool:
         self.closed = False
         _live_pools.add(self)
         try:
-            with _payload.inherited(kept):
+            with _payload.inherited(payload.kept):
                 self._start(context, payload, workers, slots, seed)
         except BaseException:
             self.shutdown()
             raise
 
-    def _start(self, context: Any, payload: bytes, workers: int,
+    def _start(self, context: Any, payload: _payload.Payload, workers: int,
                slots: list[int], seed: int | None) -> None:
         # Without a seed, producers still must not share random streams
         # (forked children inherit the parent's): each gets its own base.
@@ -145,7 +145,7 @@ class ProducerPool:
         # not forked: the stream goes in a segment, not in the arguments,
         # which start() would write down a pipe until the child, busy with
         # its imports, took them all, one producer after another
-        stream_fd = None if forked else _payload.to_segment(payload)
+        stream_fd, size = (None, 0) if forked else _payload.to_segment(payload)
         try:
             for worker in range(workers):
                 ours, theirs = socket.socketpair(socket.AF_UNIX,
@@ -153,7 +153,7 @@ class ProducerPool:
                 self.sockets.append(ours)
                 if stream_fd is not None:  # the producer's first message
                     ring.send_segment(ours, layout.encode_message(
-                        layout.MSG_STREAM, 0, len(payload)), stream_fd)
+                        layout.MSG_STREAM, 0, size), stream_fd)
                 if shared:  # then its control page
                     fd, page = control.create(slots[worker])
                     try:
@@ -167,7 +167,7 @@ class ProducerPool:
                 close_fds = [s.fileno() for s in self.sockets] if forked else []
                 process = context.Process(
                     target=producer.main, name=f"shmfuel-producer-{worker}",
-                    args=(payload if forked else None, theirs, worker, workers,
+                    args=(payload.data if forked else None, theirs, worker, workers,
                           slots[worker], os.getpid(), close_fds, base,
                           seed is not None, shared))
                 process.start()

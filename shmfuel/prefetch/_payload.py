@@ -1,31 +1,50 @@
 """How the stream travels to the producers: cloudpickle, once.
 
 Each producer runs its own unpickled copy of the stream, whatever the start
-method. With ``fork``, though, large arrays the stream holds (an in-memory
-dataset) need not be pickled at all: the child already has the parent's
-memory, copy-on-write. They are left out of the payload by reference
-(``persistent_id``) and found again in the child in ``_INHERITED``, which
-the fork copied. So N producers share one copy of an in-memory dataset
-instead of each unpickling its own, and start in milliseconds. Other start
-methods get the payload in a shared segment (``to_segment``) rather than
-as a process argument.
+method, but large arrays the stream holds (an in-memory dataset) are not
+copied into each producer:
+
+* with ``fork`` they need not be pickled at all: the child already has the
+  parent's memory, copy-on-write. They are left out of the payload by
+  reference (``persistent_id``) and found again in the child in
+  ``_INHERITED``, which the fork copied;
+* otherwise (forkserver, spawn) they go out of band (pickle protocol 5) into
+  one anonymous shared segment with the pickle (``to_segment``), which every
+  producer maps copy-on-write (``from_segment``): the arrays are views of
+  it, so a producer's writes stay its own, as after a fork.
+
+So N producers share one copy of an in-memory dataset and start without
+unpickling it. Arrays of at least ``SHARE_BYTES`` are shared this way.
+
+The segment: a header (pickle length, number of arrays), then (offset,
+length) of each array, the pickle, and the arrays, each at a page boundary.
 """
 
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import pickle
-from typing import Any
+import struct
+from typing import Any, NamedTuple
 
 import numpy
 
 from shmfuel.exceptions import SharedMemoryError
 from shmfuel.prefetch import ring
 
-INHERIT_BYTES = 1 << 20
+SHARE_BYTES = 1 << 20
 _INHERITED: dict[int, Any] = {}
 _TAG = "shmfuel-inherited"
+_HEADER = struct.Struct("<QQ")  # pickle length, arrays
+_ENTRY = struct.Struct("<QQ")   # offset, length of one array
+
+
+class Payload(NamedTuple):
+    data: bytes                        # the pickle
+    kept: dict[int, Any]               # fork: arrays the children inherit
+    buffers: list[pickle.PickleBuffer]  # otherwise: arrays out of band
 
 
 def _pickler_class() -> type:
@@ -33,25 +52,35 @@ def _pickler_class() -> type:
 
     class Pickler(cloudpickle.CloudPickler):
         def __init__(self, file: Any, inherit: bool) -> None:
-            super().__init__(file, protocol=5)
+            super().__init__(file, protocol=5,
+                             buffer_callback=None if inherit else self.share)
             self.inherit = inherit
             self.kept: dict[int, Any] = {}
+            self.buffers: list[pickle.PickleBuffer] = []
 
         def persistent_id(self, obj: Any) -> Any:
             if (self.inherit and type(obj) is numpy.ndarray
-                    and obj.nbytes >= INHERIT_BYTES):
+                    and obj.nbytes >= SHARE_BYTES):
                 self.kept[id(obj)] = obj
                 return (_TAG, id(obj))
             return None
+
+        def share(self, buffer: pickle.PickleBuffer) -> bool:
+            """Out of band (False) if large, else in the pickle (True)."""
+            if buffer.raw().nbytes < SHARE_BYTES:
+                return True
+            self.buffers.append(buffer)
+            return False
     return Pickler
 
 
-def dumps(stream: Any, inherit: bool) -> tuple[bytes, dict[int, Any]]:
-    """The payload, and the arrays a forked child must find in memory."""
-    buffer = io.BytesIO()
-    pickler = _pickler_class()(buffer, inherit)
+def dumps(stream: Any, inherit: bool) -> Payload:
+    """The pickled stream; with ``inherit``, the arrays a forked child must
+    find in memory, else the arrays to send out of band."""
+    file = io.BytesIO()
+    pickler = _pickler_class()(file, inherit)
     pickler.dump(stream)
-    return buffer.getvalue(), pickler.kept
+    return Payload(file.getvalue(), pickler.kept, pickler.buffers)
 
 
 class _Unpickler(pickle.Unpickler):
@@ -64,44 +93,84 @@ class _Unpickler(pickle.Unpickler):
         return _INHERITED[key]
 
 
-def loads(payload: bytes) -> Any:
-    return _Unpickler(io.BytesIO(payload)).load()
+def loads(data: bytes, buffers: Any = ()) -> Any:
+    return _Unpickler(io.BytesIO(data), buffers=buffers).load()
 
 
-def to_segment(payload: bytes) -> int:
-    """An anonymous shared segment holding ``payload``, as a file descriptor.
+def _layout(payload: Payload) -> tuple[list[tuple[int, int]], int]:
+    """Where each array goes in the segment, and the segment's size."""
+    end = (_HEADER.size + _ENTRY.size * len(payload.buffers)
+           + len(payload.data))
+    places = []
+    for buffer in payload.buffers:
+        offset = ring.round_up(end)
+        places.append((offset, buffer.raw().nbytes))
+        end = offset + buffer.raw().nbytes
+    return places, end
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    chunks, done = [], 0
+    while done < size:
+        chunk = os.pread(fd, size - done, offset + done)
+        if not chunk:
+            raise EOFError(f"the stream's segment ends {size - done} bytes "
+                           "early")
+        chunks.append(chunk)
+        done += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def to_segment(payload: Payload) -> tuple[int, int]:
+    """An anonymous shared segment holding ``payload``: its file descriptor
+    and size.
 
     A producer that is not forked reads the stream from it: one copy for
     any number of producers, and process starts that need not wait for
     each child to take a large argument off a pipe.
     """
+    places, size = _layout(payload)
     fix = ("free memory, or make the stream smaller: open large data in "
            "the producers (NpyDataset, H5PYDataset) instead of holding it, "
-           "or pass start_method='fork', which shares it")
-    fd = ring.create_segment(len(payload), "the pickled data stream", fix)
+           "or pass start_method='fork', which needs no copy")
+    fd = ring.create_segment(size, "the pickled data stream", fix)
     try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.pwrite(fd, view, len(payload) - len(view)):]
+        head = _HEADER.pack(len(payload.data), len(places)) + b"".join(
+            _ENTRY.pack(*place) for place in places)
+        _pwrite_all(fd, head + payload.data, 0)
+        for buffer, (offset, _) in zip(payload.buffers, places):
+            _pwrite_all(fd, buffer.raw(), offset)
     except OSError as exc:
         os.close(fd)
         raise SharedMemoryError(
-            f"cannot write the {len(payload) / 2**20:.1f} MiB pickled data "
-            f"stream to shared memory ({exc.strerror}); {fix}") from exc
-    return fd
+            f"cannot write the {size / 2**20:.1f} MiB pickled data stream to "
+            f"shared memory ({exc.strerror}); {fix}") from exc
+    return fd, size
 
 
-def from_segment(fd: int, size: int) -> bytes:
-    """The payload's bytes, read from the segment ``to_segment`` made."""
-    chunks, done = [], 0
-    while done < size:
-        chunk = os.pread(fd, size - done, done)
-        if not chunk:
-            raise EOFError(f"the pickled data stream ends after {done} of "
-                           f"{size} bytes")
-        chunks.append(chunk)
-        done += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def from_segment(fd: int, size: int) -> tuple[bytes, list[memoryview]]:
+    """The pickle, and the arrays' memory, from a ``to_segment`` segment.
+
+    The arrays are mapped copy-on-write: views of the shared pages until a
+    producer writes to them.
+    """
+    length, count = _HEADER.unpack(_pread_all(fd, _HEADER.size, 0))
+    table = _pread_all(fd, _ENTRY.size * count, _HEADER.size)
+    data = _pread_all(fd, length, _HEADER.size + len(table))
+    if not count:
+        return data, []
+    mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    whole = memoryview(mapping)
+    return data, [whole[offset:offset + nbytes]
+                  for offset, nbytes in _ENTRY.iter_unpack(table)]
 
 
 class inherited:

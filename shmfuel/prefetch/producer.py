@@ -295,10 +295,10 @@ class Producer:
             self.pending = []
 
     # -- main loop -----------------------------------------------------------
-    def run(self, payload: bytes) -> None:
+    def run(self, payload: bytes, buffers: list[memoryview]) -> None:
         try:
             try:
-                stream = _payload.loads(payload)
+                stream = _payload.loads(payload, buffers)
                 if self.workers > 1:
                     shard(stream, self.worker, self.workers)
                 self.produce(stream)
@@ -405,8 +405,9 @@ def _receive_fd(sock: socket.socket, expected: int) -> tuple[int, int, int]:
     return fds[0], a, b
 
 
-def _receive_stream(sock: socket.socket) -> bytes:
-    """The pickled stream, from the segment the consumer sent first."""
+def _receive_stream(sock: socket.socket) -> tuple[bytes, list[memoryview]]:
+    """The pickled stream and its arrays, from the segment the consumer
+    sent first."""
     fd, _, size = _receive_fd(sock, layout.MSG_STREAM)
     try:
         return _payload.from_segment(fd, size)
@@ -445,8 +446,9 @@ def main(payload: bytes | None, sock: socket.socket, worker: int, workers: int,
     seed_globals(seed, worker)
     producer = Producer(sock, worker, workers, slots, consumer_pid)
     producer.seed = seed if per_batch else None
+    buffers: list[memoryview] = []
     if payload is None:
-        payload = _receive_stream(sock)
+        payload, buffers = _receive_stream(sock)
     if shared:
         producer.control = _receive_control(sock, slots)
-    producer.run(payload)
+    producer.run(payload, buffers)
