@@ -104,10 +104,23 @@ def scaling_lines(data: dict[str, Any]) -> list[str]:
     one = data["throughput"]["1"]["median"]
     two = data["throughput"]["2"]["median"]
     first = data["time_to_first_batch_s"]
-    return [f"1 producer {one:.1f} batches/s, 2 producers {two:.1f} "
-            f"({two / one:.2f}x); time to first batch: "
-            + ", ".join(f"{method} {times[0]:.3f} s (then {times[1]:.3f} s)"
-                        for method, times in first.items())]
+    lines = [f"1 producer {one:.1f} batches/s, 2 producers {two:.1f} "
+             f"({two / one:.2f}x); time to first batch: "
+             + ", ".join(f"{method} {times[0]:.3f} s (then {times[1]:.3f} s)"
+                         for method, times in first.items())]
+    start_up = data.get("start_up_with_dataset")
+    if start_up:
+        lines += ["", _row(["start method", "producers", "first batch s",
+                            "USS per producer MB"]), _row(["---"] * 4)]
+        for method in sorted(start_up["results"], key=lambda m: m != "fork"):
+            by_n = start_up["results"][method]
+            lines.append(_row([
+                method, " / ".join(by_n),
+                " / ".join(f"{r['time_to_first_batch_s']['median']:.3f}"
+                           for r in by_n.values()),
+                " / ".join(f"{r['producer_uss_mb']['median']:.0f}"
+                           for r in by_n.values())]))
+    return lines
 
 
 def disk_table(data: dict[str, Any]) -> list[str]:

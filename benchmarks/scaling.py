@@ -8,6 +8,11 @@
 2. Time to the first batch for each start method (fork, forkserver,
    spawn), from constructing the Prefetcher, for a first and a second
    Prefetcher in the process (the forkserver starts once).
+3. Start-up with an in-memory dataset (gpu_idle.py's 40 MB of uint8
+   images and its augmentation): for each start method and
+   ``--start-workers`` producers, the time to the first batch (of a
+   Prefetcher that is not the process's first) and each producer's own
+   memory (USS, median over producers), medians of ``--repeat``.
 
     python benchmarks/scaling.py [--workers 1 2] [--quick]
 """
@@ -115,6 +120,42 @@ for _ in range(2):
     return [float(x) for x in out.stdout.split()]
 
 
+def start_up(method: str, workers: list[int], repeat: int, batches: int) -> dict[str, Any]:
+    """Seconds to the first batch and producer USS (MB) per producer count."""
+    script = f"""
+import json, sys, time
+sys.path.insert(0, {HERE!r})
+import psutil
+from gpu_idle import make_dataset, shmfuel_stream
+from shmfuel import Prefetcher
+data = make_dataset({batches})
+with Prefetcher(shmfuel_stream(data), start_method={method!r}) as p:
+    next(p.get_epoch_iterator())  # the forkserver, if any, starts here
+for _ in range({repeat}):
+    for n in {workers!r}:
+        started = time.perf_counter()
+        with Prefetcher(shmfuel_stream(data), workers=n, hwm=max(8, 2 * n),
+                        start_method={method!r}) as p:
+            next(p.get_epoch_iterator())
+            first = time.perf_counter() - started
+            uss = sorted(psutil.Process(q.pid).memory_full_info().uss
+                         for q in p._pool.processes)
+        print(json.dumps([n, first, uss[len(uss) // 2] / 1e6]))
+"""
+    import json
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600, check=True)
+    found: dict[int, dict[str, list[float]]] = {}
+    for line in out.stdout.splitlines():
+        n, first, uss = json.loads(line)
+        found.setdefault(n, {"first": [], "uss": []})
+        found[n]["first"].append(first)
+        found[n]["uss"].append(uss)
+    return {str(n): {"time_to_first_batch_s": summary(v["first"]),
+                     "producer_uss_mb": summary(v["uss"])} for n, v in found.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -122,11 +163,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="batches per epoch")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--start-workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "scaling.json"))
     args = parser.parse_args()
+    dataset_batches = 10  # gpu_idle.py's default: 40 MB
     if args.quick:
         args.batches, args.epochs, args.repeat, args.augment_ms = 6, 1, 1, 2.0
+        args.start_workers, dataset_batches = [1, 2], 2
     rounds = calibrate(args.augment_ms)
     rates: dict[int, Any] = {}
     for workers in args.workers:
@@ -146,10 +190,23 @@ def main() -> None:
     print("\ntime to first batch (s), from constructing the Prefetcher:")
     print(table(["start method", "first Prefetcher", "second Prefetcher"],
                 [[m, f"{t[0]:.3f}", f"{t[1]:.3f}"] for m, t in starts.items()]))
+    with_data = {method: start_up(method, args.start_workers, args.repeat, dataset_batches)
+                 for method in multiprocessing.get_all_start_methods()}
+    print(f"\nstart-up with a {dataset_batches * 256 * 3 * 72 * 72 / 1e6:.0f} MB "
+          f"in-memory dataset, median (min-max) of {args.repeat}:")
+    print(table(["start method", "producers", "first batch s", "USS per producer MB"],
+                [[method, n, f"{r['time_to_first_batch_s']['median']:.3f} "
+                  f"({r['time_to_first_batch_s']['min']:.3f}-"
+                  f"{r['time_to_first_batch_s']['max']:.3f})",
+                  f"{r['producer_uss_mb']['median']:.0f}"]
+                 for method, by_n in with_data.items() for n, r in by_n.items()]))
     write_json(args.out, {"benchmark": "scaling", "machine": machine(),
                           "augment_ms": args.augment_ms, "batch": BATCH,
                           "throughput": {str(w): r for w, r in rates.items()},
-                          "time_to_first_batch_s": starts})
+                          "time_to_first_batch_s": starts,
+                          "start_up_with_dataset": {
+                              "dataset_mb": dataset_batches * 256 * 3 * 72 * 72 / 1e6,
+                              "results": with_data}})
 
 
 if __name__ == "__main__":

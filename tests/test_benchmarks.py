@@ -66,6 +66,13 @@ def test_quick_runs(tmp_path, script, args, keys):
     else:
         assert set(data["throughput"]) == {"1", "2"}
         assert "fork" in data["time_to_first_batch_s"]
+        start_up = data["start_up_with_dataset"]["results"]
+        assert {"fork", "forkserver", "spawn"} <= set(start_up)
+        for by_producers in start_up.values():
+            assert set(by_producers) == {"1", "2"}
+            for result in by_producers.values():
+                assert result["time_to_first_batch_s"]["median"] > 0
+                assert result["producer_uss_mb"]["median"] > 0
 
 
 @pytest.mark.timeout(180)

@@ -31,7 +31,6 @@ from typing import Any, NamedTuple
 
 import numpy
 
-from shmfuel.exceptions import SharedMemoryError
 from shmfuel.prefetch import ring
 
 SHARE_BYTES = 1 << 20
@@ -109,25 +108,6 @@ def _layout(payload: Payload) -> tuple[list[tuple[int, int]], int]:
     return places, end
 
 
-def _pwrite_all(fd: int, data: Any, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    chunks, done = [], 0
-    while done < size:
-        chunk = os.pread(fd, size - done, offset + done)
-        if not chunk:
-            raise EOFError(f"the stream's segment ends {size - done} bytes "
-                           "early")
-        chunks.append(chunk)
-        done += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def to_segment(payload: Payload) -> tuple[int, int]:
     """An anonymous shared segment holding ``payload``: its file descriptor
     and size.
@@ -142,35 +122,37 @@ def to_segment(payload: Payload) -> tuple[int, int]:
            "or pass start_method='fork', which needs no copy")
     fd = ring.create_segment(size, "the pickled data stream", fix)
     try:
-        head = _HEADER.pack(len(payload.data), len(places)) + b"".join(
-            _ENTRY.pack(*place) for place in places)
-        _pwrite_all(fd, head + payload.data, 0)
-        for buffer, (offset, _) in zip(payload.buffers, places):
-            _pwrite_all(fd, buffer.raw(), offset)
-    except OSError as exc:
+        with mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE) as mapping:
+            head = _HEADER.pack(len(payload.data), len(places)) + b"".join(
+                _ENTRY.pack(*place) for place in places)
+            mapping[:len(head)] = head
+            mapping[len(head):len(head) + len(payload.data)] = payload.data
+            for buffer, (offset, nbytes) in zip(payload.buffers, places):
+                mapping[offset:offset + nbytes] = buffer.raw()
+    except BaseException:
         os.close(fd)
-        raise SharedMemoryError(
-            f"cannot write the {size / 2**20:.1f} MiB pickled data stream to "
-            f"shared memory ({exc.strerror}); {fix}") from exc
+        raise
     return fd, size
 
 
 def from_segment(fd: int, size: int) -> tuple[bytes, list[memoryview]]:
     """The pickle, and the arrays' memory, from a ``to_segment`` segment.
 
-    The arrays are mapped copy-on-write: views of the shared pages until a
-    producer writes to them.
+    The segment is mapped copy-on-write: the arrays are views of its shared
+    pages until a producer writes to them.
     """
-    length, count = _HEADER.unpack(_pread_all(fd, _HEADER.size, 0))
-    table = _pread_all(fd, _ENTRY.size * count, _HEADER.size)
-    data = _pread_all(fd, length, _HEADER.size + len(table))
-    if not count:
-        return data, []
     mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    length, count = _HEADER.unpack_from(mapping)
+    start = _HEADER.size + _ENTRY.size * count
+    data = mapping[start:start + length]
+    places = list(_ENTRY.iter_unpack(mapping[_HEADER.size:start]))
+    if not places:
+        mapping.close()
+        return data, []
     whole = memoryview(mapping)
-    return data, [whole[offset:offset + nbytes]
-                  for offset, nbytes in _ENTRY.iter_unpack(table)]
+    return data, [whole[offset:offset + nbytes] for offset, nbytes in places]
 
 
 class inherited:
