@@ -388,27 +388,27 @@ def _check_batch(batch: Any, sources: tuple[str, ...]) -> None:
                          f"{len(sources)} sources {sources}")
 
 
-def _receive_fd(sock: socket.socket, expected: int) -> tuple[int, int, int]:
+def _receive_fd(sock: socket.socket, expected: int) -> tuple[int, int]:
     """A message with a file descriptor that the consumer sent before
-    starting us: the descriptor and the message's two fields."""
+    starting us: the descriptor and the size the message gives."""
     data, fds, _, _ = socket.recv_fds(sock, layout.MESSAGE.size, 1)
     if len(data) != layout.MESSAGE.size or len(fds) != 1:
         for fd in fds:
             os.close(fd)
         raise RuntimeError("the consumer's first messages did not arrive "
                            "whole; it may have exited while we started")
-    kind, a, b = layout.MESSAGE.unpack(data)
+    kind, _, size = layout.MESSAGE.unpack(data)
     if kind != expected:
         os.close(fds[0])
         raise RuntimeError(f"the consumer's first messages were not as "
                            f"expected (got kind {kind}, wanted {expected})")
-    return fds[0], a, b
+    return fds[0], size
 
 
 def _receive_stream(sock: socket.socket) -> tuple[bytes, list[memoryview]]:
     """The pickled stream and its arrays, from the segment the consumer
     sent first."""
-    fd, _, size = _receive_fd(sock, layout.MSG_STREAM)
+    fd, size = _receive_fd(sock, layout.MSG_STREAM)
     try:
         return _payload.from_segment(fd, size)
     finally:
@@ -417,7 +417,7 @@ def _receive_stream(sock: socket.socket) -> tuple[bytes, list[memoryview]]:
 
 def _receive_control(sock: socket.socket, slots: int) -> Any:
     """The control page the consumer sent before starting us."""
-    fd, _, size = _receive_fd(sock, layout.MSG_CONTROL)
+    fd, size = _receive_fd(sock, layout.MSG_CONTROL)
     try:
         mapping = ring.map_segment(fd, size)
     finally:
