@@ -50,6 +50,12 @@ def _check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
+def _sequence(indices: Any) -> Any:
+    """The indices as a sequence to walk through: a ``range`` as it is (an
+    epoch of millions of examples needs no list of them), else a list."""
+    return indices if isinstance(indices, range) else list(indices)
+
+
 def _indices(examples: Any) -> Any:
     if isinstance(examples, numbers.Integral) and not isinstance(examples,
                                                                  bool):
@@ -144,7 +150,7 @@ class SequentialScheme(BatchScheme):
     """Consecutive batches of the indices, in order; the last may be short."""
 
     def get_request_iterator(self) -> Iterator[list[Any]]:
-        return Chunks(list(self.indices), self.batch_size)
+        return Chunks(_sequence(self.indices), self.batch_size)
 
 
 class ShuffledScheme(BatchScheme):
@@ -185,7 +191,7 @@ class SequentialExampleScheme(IndexScheme):
     """The indices one by one, in order."""
 
     def get_request_iterator(self) -> Iterator[Any]:
-        return iter(list(self.indices))
+        return iter(_sequence(self.indices))
 
 
 class ShuffledExampleScheme(IndexScheme):

@@ -45,6 +45,17 @@ def test_sequential_scheme():
     assert list(SequentialScheme([4, 2, 9], 2).get_request_iterator()) == [[4, 2], [9]]
 
 
+def test_sequential_schemes_over_many_examples_make_no_list_of_them():
+    # the requests walk the range: a mid-epoch iterator pickles small
+    requests = SequentialScheme(10**6, 3).get_request_iterator()
+    assert next(requests) == [0, 1, 2] and next(requests) == [3, 4, 5]
+    resumed = pickle.loads(pickle.dumps(requests))  # mid-epoch, and small
+    assert len(pickle.dumps(requests)) < 1000 and next(resumed) == [6, 7, 8]
+    examples = SequentialExampleScheme(10**6).get_request_iterator()
+    assert [next(examples) for _ in range(3)] == [0, 1, 2]
+    assert len(pickle.dumps(examples)) < 1000
+
+
 def test_shuffled_scheme_new_permutation_each_epoch():
     scheme = ShuffledScheme(10, 4, rng=numpy.random.RandomState(3))
     first = list(scheme.get_request_iterator())
