@@ -386,6 +386,21 @@ def test_a_producer_writing_to_its_dataset_writes_to_its_own_copy(start_method):
     assert not dataset.indexables[0].any()  # the parent's array is untouched
 
 
+def test_an_unforked_producer_does_not_hold_its_own_copy_of_the_dataset():
+    import psutil
+    big = numpy.ones((2**10, 2**14))  # 128 MiB
+    stream = DataStream(IndexableDataset({"x": big}),
+                        iteration_scheme=SequentialScheme(len(big), 4))
+    with Prefetcher(stream, workers=2, start_method="forkserver") as prefetched:
+        first = next(prefetched.get_epoch_iterator())
+        assert first[0].shape == (4, 2**14) and (first[0] == 1).all()
+        own = [psutil.Process(p.pid).memory_full_info().uss
+               for p in prefetched._pool.processes]
+        del first
+    # an interpreter with numpy and shmfuel, not 128 MiB more
+    assert max(own) < big.nbytes // 2
+
+
 @pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
 def test_unforked_producers_get_the_stream_in_one_segment_not_as_arguments(
         start_method, monkeypatch):
