@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy
+
 
 class Chunks:
-    """Yield consecutive lists of ``size`` items of ``items``."""
+    """Yield consecutive lists of ``size`` items of ``items`` (a numpy
+    array's as Python numbers)."""
 
     def __init__(self, items: Sequence[Any], size: int) -> None:
         self.items = items
@@ -25,9 +28,28 @@ class Chunks:
     def __next__(self) -> list[Any]:
         if self.position >= len(self.items):
             raise StopIteration
-        chunk = list(self.items[self.position:self.position + self.size])
+        chunk = self.items[self.position:self.position + self.size]
         self.position += self.size
-        return chunk
+        return chunk.tolist() if isinstance(chunk, numpy.ndarray) else list(chunk)
+
+
+class Items:
+    """Yield the items of ``items`` one by one (a numpy array's as Python
+    numbers)."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = items
+        self.position = 0
+
+    def __iter__(self) -> Items:
+        return self
+
+    def __next__(self) -> Any:
+        if self.position >= len(self.items):
+            raise StopIteration
+        item = self.items[self.position]
+        self.position += 1
+        return item.item() if isinstance(item, numpy.generic) else item
 
 
 class Repeat:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy
 
-from shmfuel._iterators import Chain, Chunks, Repeat
+from shmfuel._iterators import Chain, Chunks, Items, Repeat
 from shmfuel.config_parser import config
 
 
@@ -54,6 +54,19 @@ def _sequence(indices: Any) -> Any:
     """The indices as a sequence to walk through: a ``range`` as it is (an
     epoch of millions of examples needs no list of them), else a list."""
     return indices if isinstance(indices, range) else list(indices)
+
+
+def _shuffled(indices: Any, rng: Any) -> Any:
+    """The permutation that ``rng.shuffle`` makes of a list of the indices,
+    leaving ``rng`` in the same state; for a ``range``, made in a numpy
+    array (16 million examples: 0.13 GB and 0.6 s, where a list took 0.64
+    GB and 2.7-3.4 s)."""
+    if isinstance(indices, range):
+        order: Any = numpy.arange(indices.start, indices.stop, indices.step)
+    else:
+        order = list(indices)
+    rng.shuffle(order)
+    return order
 
 
 def _indices(examples: Any) -> Any:
@@ -177,13 +190,16 @@ class ShuffledScheme(BatchScheme):
         super().__init__(*args, **kwargs)
 
     def get_request_iterator(self) -> Iterator[list[Any]]:
-        indices = list(self.indices)
-        self.rng.shuffle(indices)
+        indices = _shuffled(self.indices, self.rng)
         if self.sorted_indices:
-            indices = [index for start in range(0, len(indices),
-                                                self.batch_size)
-                       for index in sorted(
-                           indices[start:start + self.batch_size])]
+            size = self.batch_size
+            if isinstance(indices, numpy.ndarray):
+                whole = len(indices) - len(indices) % size
+                indices[:whole].reshape(-1, size).sort(axis=1)
+                indices[whole:].sort()
+            else:
+                for start in range(0, len(indices), size):
+                    indices[start:start + size] = sorted(indices[start:start + size])
         return Chunks(indices, self.batch_size)
 
 
@@ -204,9 +220,7 @@ class ShuffledExampleScheme(IndexScheme):
         super().__init__(*args, **kwargs)
 
     def get_request_iterator(self) -> Iterator[Any]:
-        indices = list(self.indices)
-        self.rng.shuffle(indices)
-        return iter(indices)
+        return Items(_shuffled(self.indices, self.rng))
 
 
 class ConcatenatedScheme(IterationScheme):

@@ -68,6 +68,53 @@ def test_shuffled_scheme_new_permutation_each_epoch():
         assert batch == sorted(batch)
 
 
+def fuel_shuffle(indices, rng, size=None, sorted_indices=False):
+    """Fuel's way: shuffle a list of the indices (and sort each batch)."""
+    order = list(indices)
+    rng.shuffle(order)
+    if sorted_indices:
+        order = [i for start in range(0, len(order), size)
+                 for i in sorted(order[start:start + size])]
+    return order
+
+
+@pytest.mark.parametrize("examples", [1003, range(5, 3000, 3), list(range(40, 0, -1))])
+@pytest.mark.parametrize("sorted_indices", [False, True])
+def test_shuffled_schemes_make_fuels_batches_from_an_array(examples, sorted_indices):
+    # a range of indices is shuffled as a numpy array (no list of millions
+    # of ints), yet the batches, their Python ints and the generator's state
+    # after each epoch are those of shuffling a list
+    size, reference = 10, numpy.random.RandomState(5)
+    indices = range(examples) if isinstance(examples, int) else examples
+    scheme = ShuffledScheme(examples, size, rng=numpy.random.RandomState(5),
+                            sorted_indices=sorted_indices)
+    for _ in range(2):
+        order = fuel_shuffle(indices, reference, size, sorted_indices)
+        got = list(scheme.get_request_iterator())
+        assert got == [order[i:i + size] for i in range(0, len(order), size)]
+        assert {type(i) for batch in got for i in batch} == {int}
+    assert scheme.rng.randint(1 << 30) == reference.randint(1 << 30)
+    examples_scheme = ShuffledExampleScheme(examples, rng=numpy.random.RandomState(5))
+    reference = numpy.random.RandomState(5)
+    requests = examples_scheme.get_request_iterator()
+    first = [next(requests) for _ in range(3)]
+    resumed = pickle.loads(pickle.dumps(requests))  # mid-epoch
+    assert first + list(resumed) == fuel_shuffle(indices, reference)
+    assert {type(i) for i in first} == {int}
+
+
+def test_a_shuffled_epoch_of_many_examples_makes_no_list_of_them():
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        requests = ShuffledScheme(2 * 10**6, 256, sorted_indices=True).get_request_iterator()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(next(requests)) == 256
+    assert peak < 40e6  # 16 MB of int64; a list of the ints takes 72 MB
+
+
 def test_shuffled_scheme_default_seed_is_reproducible():
     a = list(ShuffledScheme(20, 5).get_request_iterator())
     b = list(ShuffledScheme(20, 5).get_request_iterator())
