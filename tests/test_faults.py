@@ -94,6 +94,29 @@ def test_producer_death_is_reported_not_hung(action, how):
             prefetched.get_epoch_iterator()
 
 
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_producer_killed_while_it_starts_is_reported_not_hung(start_method):
+    # killed before it has read the stream from its segment
+    with Prefetcher(sequential_stream(), workers=2, start_method=start_method) as prefetched:
+        pid = prefetched._pool.processes[1].pid
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ProducerDiedError,
+                           match=f"producer 1 \\(pid {pid}\\) was killed by SIGKILL"):
+            list(prefetched.get_epoch_iterator())
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_an_unforked_producer_s_errors_and_death_arrive_like_a_forked_one_s(start_method):
+    stream = Mapping(sequential_stream(), at_batch(3, raise_key_error))
+    with Prefetcher(stream, start_method=start_method) as prefetched:
+        with pytest.raises(KeyError, match="no such example"):
+            list(prefetched.get_epoch_iterator())
+    stream = Mapping(sequential_stream(), at_batch(2, exit_7))
+    with Prefetcher(stream, hwm=2, start_method=start_method) as prefetched:
+        with pytest.raises(ProducerDiedError, match="exited with code 7"):
+            list(prefetched.get_epoch_iterator())
+
+
 def test_death_of_the_second_worker_names_it():
     stream = Mapping(sequential_stream(), at_batch(3, exit_7))
     with Prefetcher(stream, hwm=4, workers=2) as prefetched:
