@@ -171,7 +171,8 @@ CONSUMER = textwrap.dedent("""
         time.sleep(0.01)
         return data
 
-    stream = Prefetcher(Mapping(sequential_stream(n=10000), slow), workers=2)
+    stream = Prefetcher(Mapping(sequential_stream(n=10000), slow), workers=2,
+                        start_method={method!r})
     print(" ".join(str(p.pid) for p in stream._pool.processes), flush=True)
     epoch = stream.get_epoch_iterator()
     next(epoch)
@@ -180,8 +181,8 @@ CONSUMER = textwrap.dedent("""
 """)
 
 
-def run_consumer(end):
-    script = CONSUMER.format(tests=os.path.dirname(__file__), end=end)
+def run_consumer(end, method="fork"):
+    script = CONSUMER.format(tests=os.path.dirname(__file__), end=end, method=method)
     # Unbuffered, so that readline() takes no more than one line and
     # communicate() gets the rest.
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
@@ -196,8 +197,9 @@ def finish(process):
     return out.decode(), err.decode()
 
 
-def test_consumer_killed_leaves_no_producer():
-    process, pids = run_consumer("for batch in epoch: pass")
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_consumer_killed_leaves_no_producer(method):
+    process, pids = run_consumer("for batch in epoch: pass", method)
     process.kill()
     finish(process)
     assert process.returncode == -signal.SIGKILL
