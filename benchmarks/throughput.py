@@ -49,6 +49,7 @@ import argparse
 import array
 import importlib.util
 import itertools
+import mmap
 import multiprocessing
 import os
 import socket
@@ -161,9 +162,9 @@ def run_read(nbytes: int, count: int) -> Timing:
     return consume(itertools.cycle(_ring_of_buffers(nbytes)), count)
 
 
-def _ring_producer(shm: Any, nbytes: int, count: int) -> None:
-    words = memoryview(shm.buf).cast("Q")  # [0] written, [8] read
-    slots = _ring_slots(shm, nbytes)
+def _ring_producer(shared: mmap.mmap, nbytes: int, count: int) -> None:
+    words = memoryview(shared).cast("Q")  # [0] written, [8] read
+    slots = _ring_slots(shared, nbytes)
     batch = batch_of(nbytes)
     for written in range(count):
         while written - words[8] >= HWM:
@@ -173,9 +174,9 @@ def _ring_producer(shm: Any, nbytes: int, count: int) -> None:
     del words, slots
 
 
-def _ring_slots(shm: Any, nbytes: int) -> list[numpy.ndarray]:
+def _ring_slots(shared: mmap.mmap, nbytes: int) -> list[numpy.ndarray]:
     step = -(-nbytes // 4096) * 4096
-    return [numpy.ndarray(nbytes // 4, numpy.float32, shm.buf, 4096 + i * step)
+    return [numpy.ndarray(nbytes // 4, numpy.float32, shared, 4096 + i * step)
             for i in range(HWM)]
 
 
@@ -184,31 +185,26 @@ def run_bare_ring(nbytes: int, count: int) -> Timing:
     spinning: the least a shared-memory transport written in Python does
     per batch (no pipeline, no layout, no waiting without a core; correct
     only where stores become visible in order, as on x86)."""
-    from multiprocessing import shared_memory
+    # an anonymous shared mapping, inherited by the forked producer: no
+    # name to unlink, and unmapped once the last view of it is gone (closing
+    # it explicitly would fail while the consumer's frames still hold views)
     step = -(-nbytes // 4096) * 4096
-    shm = shared_memory.SharedMemory(create=True, size=4096 + HWM * step)
-    ring = {"words": memoryview(shm.buf).cast("Q"),
-            "slots": _ring_slots(shm, nbytes)}
-    ring["words"][0] = ring["words"][8] = 0
-    producer = FORK.Process(target=_ring_producer, args=(shm, nbytes, count))
+    shared = mmap.mmap(-1, 4096 + HWM * step)
+    words, slots = memoryview(shared).cast("Q"), _ring_slots(shared, nbytes)
+    producer = FORK.Process(target=_ring_producer, args=(shared, nbytes, count))
     producer.start()
 
-    def batches() -> Iterator[numpy.ndarray]:
-        words, slots = ring["words"], ring["slots"]
+    def batches(words: memoryview = words,
+                slots: list[numpy.ndarray] = slots) -> Iterator[numpy.ndarray]:
         for read in itertools.count():
             while words[0] <= read:
                 pass
             yield slots[read % HWM].view()
             words[8] = read + 1  # freed once the next batch is asked for
-    taken = batches()
     try:
-        return consume(taken, count)
+        return consume(batches(), count)
     finally:
         producer.join(10)
-        taken.close()
-        ring.clear()  # no view of the segment may outlive it
-        shm.close()
-        shm.unlink()
 
 
 def run_prefetcher(workers: int) -> Callable[[int, int], Timing]:
