@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Everything a CUDA machine checks, in one run that stays inside a budget:
-#   1. benchmarks/gpu_idle.py --device cuda --plot,
-#   2. the CUDA tests (pinned ring slots against real copies),
-#   3. the throughput smoke run, the bridge's and the benchmarks' tests,
-#      then the other tests (the machine's own numpy and Python), while
-#      time is left.
+#   1. benchmarks/gpu_idle.py --device cuda --graph --rounds 3 --plot (the
+#      step as a CUDA graph: the GPU sets its pace),
+#   2. benchmarks/gpu_idle.py --device cuda --plot (launch-bound eager step),
+#   3. the CUDA tests (pinned ring slots against real copies),
+#   4. the throughput smoke run, the bridge's and the benchmarks' tests,
+#   5. throughput at 512 B and 38.5 MB with this machine's cores,
+#   6. the other tests (the machine's own numpy and Python), while time is
+#      left.
 #
-#   OUT=dir BUDGET_S=500 bash benchmarks/gpu_check.sh
+#   OUT=dir BUDGET_S=500 [SKIP="eager tests"] bash benchmarks/gpu_check.sh
+#
+# SKIP names steps to leave out: graph eager cuda smoke benchmarks
+# throughput tests.
 #
 # On an H100 with 16 CPUs (2026-11-26) gpu_idle took about 3.2 minutes and
 # the CUDA tests about 1 minute; starting the machine took under a minute.
@@ -29,9 +35,13 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 LOG=$OUT/gpu_check.log
 
 left() { echo $((BUDGET_S - SECONDS)); }
-step() {  # step NAME SECONDS COMMAND...: run with a timeout, log, go on
-    local name=$1 limit=$2
-    shift 2
+step() {  # step ID NAME SECONDS COMMAND...: run with a timeout, log, go on
+    local id=$1 name=$2 limit=$3
+    shift 3
+    if [[ " ${SKIP:-} " == *" $id "* ]]; then
+        echo "== $name: skipped (SKIP)" | tee -a "$LOG"
+        return
+    fi
     if [ "$(left)" -lt "$limit" ]; then limit=$(left); fi
     if [ "$limit" -lt 20 ]; then
         echo "== $name: skipped, $(left) s left" | tee -a "$LOG"
@@ -50,16 +60,21 @@ numpy.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
     nproc; df -h /dev/shm | tail -1
 } 2>&1 | tee "$LOG"
 
-step "gpu_idle" 230 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" --plot \
+step graph "gpu_idle --graph" 240 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" \
+    --graph --rounds 3 --plot --out "$OUT/gpu_idle_cuda_graph.json"
+step eager "gpu_idle" 230 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" --plot \
     --out "$OUT/gpu_idle_cuda.json"
-step "CUDA tests" 90 python3 -m pytest -p no:cacheprovider -v -rfE --tb=short \
+step cuda "CUDA tests" 90 python3 -m pytest -p no:cacheprovider -v -rfE --tb=short \
     tests/test_cuda.py tests/test_pinning.py
 # the smoke run as a script first, so that a failure shows its traceback
-step "throughput --quick" 60 python3 benchmarks/throughput.py --quick \
+step smoke "throughput --quick" 60 python3 benchmarks/throughput.py --quick \
     --sizes "512 B" "1 MiB" --out "${TMPDIR:-/tmp}/throughput_quick.json"
-step "bridge and benchmark tests" 120 python3 -m pytest -p no:cacheprovider -v -rfE \
-    --tb=short tests/test_bridge.py tests/test_benchmarks.py
-step "the other tests" 150 python3 -m pytest -p no:cacheprovider -q -rfE --tb=short \
+step benchmarks "bridge and benchmark tests" 150 python3 -m pytest -p no:cacheprovider \
+    -v -rfE --tb=short tests/test_bridge.py tests/test_benchmarks.py
+step throughput "throughput, 512 B and 38.5 MB" 100 python3 benchmarks/throughput.py \
+    --sizes "512 B" "38.5 MB" --only memcpy "bare shm" Prefetcher pyzmq \
+    --out "$OUT/throughput_gpu_machine.json"
+step tests "the other tests" 150 python3 -m pytest -p no:cacheprovider -q -rfE --tb=short \
     --ignore=tests/test_cuda.py --ignore=tests/test_pinning.py \
     --ignore=tests/test_bridge.py --ignore=tests/test_benchmarks.py
 echo "== done at ${SECONDS} s" | tee -a "$LOG"

@@ -165,10 +165,10 @@ class ModelStep:
         return (images.to(self.device, non_blocking=True),
                 labels.to(self.device, non_blocking=True))
 
-    def step(self, batch: Any) -> None:
+    def step(self, batch: Any, cache: bool = True) -> None:
         torch = self.torch
         images, labels = batch
-        with torch.autocast(self.device, dtype=torch.bfloat16):
+        with torch.autocast(self.device, dtype=torch.bfloat16, cache_enabled=cache):
             loss = torch.nn.functional.cross_entropy(self.model(images), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -177,6 +177,85 @@ class ModelStep:
     def sync(self) -> None:
         if self.device == "cuda":
             self.torch.cuda.synchronize()
+
+    def gpu_ms(self, batch: Any, repeat: int = 5) -> float:
+        """The GPU's own time for one step (median of ``repeat``): the GPU
+        is held back while the host queues the step, so that launching it
+        does not count. Far under the step's time, the model is
+        launch-bound: the host, not the GPU, sets the pace."""
+        torch = self.torch
+        times = []
+        for _ in range(repeat):
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(400_000_000)  # about 0.2 s: longer than queueing a step
+            start.record()
+            self.step(batch)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return float(numpy.median(times))
+
+
+class GraphStep(ModelStep):
+    """The same step, captured once as a CUDA graph and replayed (``--graph``).
+
+    The host launches one graph per step instead of hundreds of kernels, so
+    the GPU sets the pace, as it does for a model that is not launch-bound.
+    A batch is copied on a side stream into one of two device buffers while
+    the previous step runs; the step then waits for its buffer, copies it
+    into the graph's input (on the device) and replays the graph. The
+    current stream waits for each copy before the next batch is asked for,
+    which is what pinned ring slots need (see shmfuel's pin_memory)."""
+
+    def __init__(self, device: str = "cuda") -> None:
+        super().__init__(device)
+        torch = self.torch
+        self.name += ", CUDA graph"
+
+        def buffers() -> tuple[Any, Any]:
+            return (torch.zeros((BATCH, 3, CROP, CROP), device=device),
+                    torch.zeros(BATCH, dtype=torch.int64, device=device))
+        self.inputs = buffers()
+        self.staging = [buffers(), buffers()]
+        self.copies = torch.cuda.Stream()
+        self.staged = [torch.cuda.Event(), torch.cuda.Event()]
+        self.free = [torch.cuda.Event(), torch.cuda.Event()]
+        for event in self.free + self.staged:
+            event.record()
+        self.turn = 0
+        side = torch.cuda.Stream()  # warm-up before capture, as torch asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                super().step(self.inputs, cache=False)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            super().step(self.inputs, cache=False)
+        torch.cuda.synchronize()
+
+    def to_device(self, batch: Any) -> int:
+        torch = self.torch
+        images, labels = batch
+        if isinstance(images, numpy.ndarray):
+            images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        turn, self.turn = self.turn, 1 - self.turn
+        target = self.staging[turn]
+        with torch.cuda.stream(self.copies):
+            self.copies.wait_event(self.free[turn])
+            target[0].copy_(images, non_blocking=True)
+            target[1].copy_(labels, non_blocking=True)
+            self.staged[turn].record(self.copies)
+        return turn
+
+    def step(self, batch: Any, cache: bool = True) -> None:
+        stream = self.torch.cuda.current_stream()
+        stream.wait_event(self.staged[batch])
+        self.inputs[0].copy_(self.staging[batch][0], non_blocking=True)
+        self.inputs[1].copy_(self.staging[batch][1], non_blocking=True)
+        self.free[batch].record(stream)
+        self.graph.replay()
 
 
 # -- measurement ------------------------------------------------------------------
@@ -215,9 +294,11 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
     waits, step_times = [], []
     first = None
     steady_started = None
+    steady_cpu = 0.0
     try:
         for n in range(steps):
             if n == warmup:
+                steady_cpu = children_cpu()
                 steady_started = time.perf_counter()
             waited = time.perf_counter()
             batch = accelerator.to_device(next(batches))
@@ -244,6 +325,9 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
                                         "max": float(w.max())},
             "step_call_ms_p50": 1000 * float(numpy.median(step_times)),
             "time_to_first_batch_s": first, "producer_cpu_pct": 100 * cpu / wall,
+            # start-up (imports, unpickling the stream) left out
+            "producer_cpu_ms_per_batch": (1000 * (cpu - steady_cpu) / (steps - warmup)
+                                          if steady_started is not None else None),
             "peak_shared_mb": (peak - base) / 1e6}
 
 
@@ -382,14 +466,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--only", nargs="+", default=[],
                         help="run only modes whose name contains one of these")
+    parser.add_argument("--graph", action="store_true",
+                        help="with --device cuda: capture the step as a CUDA graph, so "
+                             "that the GPU and not kernel launches sets its pace")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every mode this many times, in rounds, with the "
+                             "compute floor measured between rounds; the median "
+                             "round is reported, and every round's utilisation")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plot", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.quick:
         args.steps, args.batches, args.workers = 8, 2, [2]
+    if args.graph and args.device != "cuda":
+        parser.error("--graph needs --device cuda (CUDA graphs)")
     warmup = min(args.warmup, args.steps // 2)
-    out = args.out or os.path.join(HERE, "results", f"gpu_idle_{args.device}.json")
+    name = f"gpu_idle_{args.device}{'_graph' if args.graph else ''}.json"
+    out = args.out or os.path.join(HERE, "results", name)
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -397,9 +491,11 @@ def main() -> None:
     data = make_dataset(args.batches)
     if args.device == "cpu":
         accelerator: Any = SleepStep(args.step_ms)
+    elif args.graph:
+        accelerator = GraphStep()
     else:
         accelerator = ModelStep("cuda" if args.device == "cuda" else "cpu")
-    before = pure_compute(accelerator, data, args.steps)
+    floors = [pure_compute(accelerator, data, args.steps)]
     per_batch = []
     rng = numpy.random.default_rng(0)
     for k in range(min(5, args.batches)):
@@ -408,44 +504,74 @@ def main() -> None:
                 data["labels"][k * BATCH:(k + 1) * BATCH], rng)
         per_batch.append(time.perf_counter() - started)
     augment_ms = 1000 * float(numpy.median(per_batch))
-    print(f"step {1000 * before / args.steps:.2f} ms of compute, augmentation "
+    gpu_ms = None
+    if args.device == "cuda":
+        gpu_ms = accelerator.gpu_ms(accelerator.to_device(augment(
+            data["images"][:BATCH], data["labels"][:BATCH], rng)))
+        print(f"the GPU's own time per step {gpu_ms:.2f} ms", file=sys.stderr)
+    print(f"step {1000 * floors[0] / args.steps:.2f} ms of compute, augmentation "
           f"{augment_ms:.2f} ms per batch on one core", file=sys.stderr)
-    results: dict[str, Any] = {}
-    for name, make in modes(data, args.device, args.workers, args.only).items():
+    # every mode once per round, the compute floor measured before and after
+    # each round; a round's modes count against the faster of its two floors,
+    # so that a step whose speed drifts (CPU clocks, a launch-bound model)
+    # does not flatter them
+    chosen = modes(data, args.device, args.workers, args.only)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    for round_ in range(args.rounds):
+        for name, make in chosen.items():
+            settle()
+            result = run_mode(make, accelerator, args.steps, warmup)
+            runs[name].append(result)
+            print(f"{name:<34} {1000 * result['wall_s'] / args.steps:6.2f} ms per step",
+                  file=sys.stderr)
         settle()
-        results[name] = run_mode(make, accelerator, args.steps, warmup)
-        print(f"{name:<34} {1000 * results[name]['wall_s'] / args.steps:6.2f} ms per step",
-              file=sys.stderr)
-    # the compute floor is measured again after the modes, and the faster of
-    # the two counts: a step whose speed drifts (CPU clocks, a launch-bound
-    # model) must not flatter the modes
-    settle()
-    after = pure_compute(accelerator, data, args.steps)
-    compute = min(before, after)
-    print(f"step {1000 * after / args.steps:.2f} ms of compute after the modes",
-          file=sys.stderr)
-    for result in results.values():
-        result["utilisation_pct"] = 100 * compute / result["wall_s"]
-        if result["steady_wall_s"]:
-            result["steady_utilisation_pct"] = (
-                100 * compute * (args.steps - warmup) / args.steps
-                / result["steady_wall_s"])
-    rows = [[name, f"{r['utilisation_pct']:.1f}",
+        floors.append(pure_compute(accelerator, data, args.steps))
+        print(f"step {1000 * floors[-1] / args.steps:.2f} ms of compute after round "
+              f"{round_ + 1}", file=sys.stderr)
+    results: dict[str, Any] = {}
+    for name, rounds in runs.items():
+        for k, result in enumerate(rounds):
+            compute = min(floors[k], floors[k + 1])
+            result["utilisation_pct"] = 100 * compute / result["wall_s"]
+            if result["steady_wall_s"]:
+                result["steady_utilisation_pct"] = (
+                    100 * compute * (args.steps - warmup) / args.steps
+                    / result["steady_wall_s"])
+        ranked = sorted(rounds, key=lambda r: r["utilisation_pct"])
+        results[name] = dict(ranked[(len(ranked) - 1) // 2])  # the median round
+        if args.rounds > 1:
+            results[name]["rounds_utilisation_pct"] = [r["utilisation_pct"] for r in rounds]
+            results[name]["rounds_steady_utilisation_pct"] = [
+                r.get("steady_utilisation_pct") for r in rounds]
+    compute = min(floors)
+
+    def spread(r: dict[str, Any]) -> str:
+        values = r.get("rounds_utilisation_pct")
+        return f" ({min(values):.0f}-{max(values):.0f})" if values else ""
+    rows = [[name, f"{r['utilisation_pct']:.1f}{spread(r)}",
              f"{r.get('steady_utilisation_pct', float('nan')):.1f}",
              f"{r['wait_ms']['p50']:.2f} / {r['wait_ms']['p95']:.2f} / {r['wait_ms']['max']:.1f}",
              f"{r['step_call_ms_p50']:.2f}",
              f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
+             "-" if r["producer_cpu_ms_per_batch"] is None
+             else f"{r['producer_cpu_ms_per_batch']:.1f}",
              f"{r['peak_shared_mb']:.0f}"] for name, r in results.items()]
-    title = (f"{args.device}: step {1000 * compute / args.steps:.1f} ms, augmentation "
-             f"{augment_ms:.1f} ms/batch, batch {BATCH}, {args.steps} steps")
+    title = (f"{args.device}{' (CUDA graph)' if args.graph else ''}: step "
+             f"{1000 * compute / args.steps:.1f} ms"
+             f"{f' ({gpu_ms:.1f} on the GPU)' if gpu_ms else ''}, augmentation "
+             f"{augment_ms:.1f} ms/batch, batch {BATCH}, {args.steps} steps"
+             f"{f', median of {args.rounds} rounds' if args.rounds > 1 else ''}")
     print(title)
     print(table(["mode", "utilisation %", "steady %", "wait ms p50/p95/max",
-                 "step call ms p50", "first batch s",
-                 "producer CPU %", "peak shm MB"], rows))
+                 "step call ms p50", "first batch s", "producer CPU %",
+                 "producer CPU ms/batch", "peak shm MB"], rows))
     payload = {"benchmark": "gpu_idle", "machine": machine(), "device": args.device,
+               "graph": args.graph, "rounds": args.rounds,
                "step_ms": 1000 * compute / args.steps, "augment_ms": augment_ms,
-               "step_ms_before": 1000 * before / args.steps,
-               "step_ms_after": 1000 * after / args.steps,
+               "gpu_step_ms": gpu_ms,
+               "step_ms_before": 1000 * floors[0] / args.steps,
+               "step_ms_after": 1000 * floors[-1] / args.steps,
+               "step_ms_floors": [1000 * f / args.steps for f in floors],
                "steps": args.steps, "warmup_steps": warmup, "batch": BATCH,
                "results": results}
     if args.device != "cpu":

@@ -57,23 +57,33 @@ def gpu_idle_table(data: dict[str, Any]) -> list[str]:
     results = data["results"]
     # runs from before the host's step time was recorded lack that column
     calls = all("step_call_ms_p50" in r for r in results.values())
-    headers = ["feeder", "utilisation %", "steady-state %",
-               "wait per step ms p50 / p95 / max"]
+    # and those from before steady-state producer CPU was, that column
+    per_batch = all("producer_cpu_ms_per_batch" in r for r in results.values())
+    headers = ["feeder", "utilisation %" + (
+        f" (median of {data['rounds']} rounds, min-max)" if data.get("rounds", 1) > 1
+        else ""), "steady-state %", "wait per step ms p50 / p95 / max"]
     headers += ["step call ms p50"] if calls else []
-    headers += ["first batch s", "producer CPU %", "peak shared MB"]
+    headers += ["first batch s", "producer CPU %"]
+    headers += ["producer CPU ms per batch"] if per_batch else []
+    headers += ["peak shared MB"]
     lines = [_row(headers), _row(["---"] * len(headers))]
     order = sorted(results, key=lambda name: (
         "in-process" not in name, "shmfuel" not in name, name))
     for name in order:
         r = results[name]
         wait = r["wait_ms"]
-        cells = [name, f"{r['utilisation_pct']:.1f}",
+        rounds = r.get("rounds_utilisation_pct")
+        cells = [name, f"{r['utilisation_pct']:.1f}" + (
+            f" ({min(rounds):.1f}-{max(rounds):.1f})" if rounds else ""),
                  f"{r['steady_utilisation_pct']:.1f}"
                  if "steady_utilisation_pct" in r else "-",
                  f"{wait['p50']:.2f} / {wait['p95']:.2f} / {wait['max']:.1f}"]
         cells += [f"{r['step_call_ms_p50']:.2f}"] if calls else []
-        cells += [f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
-                  f"{r['peak_shared_mb']:.0f}"]
+        cells += [f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}"]
+        if per_batch:
+            value = r["producer_cpu_ms_per_batch"]
+            cells += ["-" if value is None or "in-process" in name else f"{value:.1f}"]
+        cells += [f"{r['peak_shared_mb']:.0f}"]
         lines.append(_row(cells))
     return lines
 
@@ -140,6 +150,8 @@ REPORTS = [
      gpu_idle_table),
     ("gpu_idle_cuda.json", "python benchmarks/gpu_idle.py --device cuda --plot",
      gpu_idle_table),
+    ("gpu_idle_cuda_graph.json", "python benchmarks/gpu_idle.py --device cuda --graph "
+     "--rounds 3 --plot", gpu_idle_table),
     ("throughput.json", "python benchmarks/throughput.py", throughput_table),
     ("throughput_512B_hwm64.json", "python benchmarks/throughput.py --sizes "
      "'512 B' --hwm 64 --only memcpy read ring Prefetcher pyzmq "

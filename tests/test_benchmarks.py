@@ -88,6 +88,50 @@ def test_gpu_idle_model_code_runs_on_the_cpu(tmp_path):
         assert mode["utilisation_pct"] > 0 and mode["wait_ms"]["max"] >= 0
 
 
+@pytest.mark.timeout(180)
+def test_gpu_idle_rounds_each_count_against_their_own_floors(tmp_path):
+    _, data = run_quick(tmp_path, "gpu_idle.py", "--device", "cpu", "--only",
+                        "Prefetcher", "--rounds", "3", timeout=170)
+    floors = data["step_ms_floors"]
+    assert data["rounds"] == 3 and len(floors) == 4
+    assert data["step_ms"] == pytest.approx(min(floors))
+    result = data["results"]["shmfuel Prefetcher w=2"]
+    rounds = result["rounds_utilisation_pct"]
+    assert len(rounds) == 3
+    # the median round is the one reported
+    assert result["utilisation_pct"] == sorted(rounds)[1]
+    # each round against the faster of the floors around it
+    k = rounds.index(result["utilisation_pct"])
+    compute = min(floors[k], floors[k + 1]) * data["steps"] / 1000
+    assert result["utilisation_pct"] == pytest.approx(100 * compute / result["wall_s"])
+    # producers' CPU per batch, without their start-up
+    assert 0 < result["producer_cpu_ms_per_batch"] < 1000
+
+
+def test_gpu_idle_graph_needs_cuda(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "gpu_idle.py"), "--device", "cpu",
+         "--graph", "--out", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--graph needs --device cuda" in result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.timeout(240)
+def test_gpu_idle_graph_step_on_cuda(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    _, data = run_quick(tmp_path, "gpu_idle.py", "--device", "cuda", "--graph",
+                        "--only", "Prefetcher", timeout=230)
+    assert data["graph"] and "CUDA graph" in data["model"]
+    assert 0 < data["gpu_step_ms"] <= data["step_ms"] * 1.5
+    assert {"shmfuel Prefetcher w=2", "shmfuel Prefetcher w=2 pinned"} == set(data["results"])
+    for mode in data["results"].values():
+        assert 0 < mode["utilisation_pct"] <= 105
+
+
 @pytest.mark.timeout(60)
 def test_report_renders_the_committed_results():
     result = subprocess.run(
