@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -331,6 +332,9 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
             "peak_shared_mb": (peak - base) / 1e6}
 
 
+HELPERS = re.compile(r"multiprocessing\.(forkserver|resource_tracker) import main")
+
+
 def settle(patience: float = 10.0) -> None:
     """Let the previous mode's processes exit, so they do not steal CPU."""
     import gc
@@ -339,8 +343,10 @@ def settle(patience: float = 10.0) -> None:
     gc.collect()
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
+        # multiprocessing's helpers (the forkserver, the resource tracker)
+        # live as long as this process and are idle between modes
         children = [c for c in psutil.Process().children(recursive=True)
-                    if "forkserver" not in " ".join(c.cmdline())]
+                    if not HELPERS.search(" ".join(c.cmdline()))]
         if not children:
             break
         time.sleep(0.05)
@@ -512,9 +518,7 @@ def main() -> None:
     print(f"step {1000 * floors[0] / args.steps:.2f} ms of compute, augmentation "
           f"{augment_ms:.2f} ms per batch on one core", file=sys.stderr)
     # every mode once per round, the compute floor measured before and after
-    # each round; a round's modes count against the faster of its two floors,
-    # so that a step whose speed drifts (CPU clocks, a launch-bound model)
-    # does not flatter them
+    # each round (see ``summarise``)
     chosen = modes(data, args.device, args.workers, args.only)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for round_ in range(args.rounds):
@@ -528,22 +532,24 @@ def main() -> None:
         floors.append(pure_compute(accelerator, data, args.steps))
         print(f"step {1000 * floors[-1] / args.steps:.2f} ms of compute after round "
               f"{round_ + 1}", file=sys.stderr)
-    results: dict[str, Any] = {}
-    for name, rounds in runs.items():
-        for k, result in enumerate(rounds):
-            compute = min(floors[k], floors[k + 1])
-            result["utilisation_pct"] = 100 * compute / result["wall_s"]
-            if result["steady_wall_s"]:
-                result["steady_utilisation_pct"] = (
-                    100 * compute * (args.steps - warmup) / args.steps
-                    / result["steady_wall_s"])
-        ranked = sorted(rounds, key=lambda r: r["utilisation_pct"])
-        results[name] = dict(ranked[(len(ranked) - 1) // 2])  # the median round
-        if args.rounds > 1:
-            results[name]["rounds_utilisation_pct"] = [r["utilisation_pct"] for r in rounds]
-            results[name]["rounds_steady_utilisation_pct"] = [
-                r.get("steady_utilisation_pct") for r in rounds]
-    compute = min(floors)
+        # every round's results are written at once: a run cut short keeps them
+        results = summarise(runs, floors, args.steps, warmup)
+        payload = {"benchmark": "gpu_idle", "machine": machine(), "device": args.device,
+                   "graph": args.graph, "rounds": round_ + 1,
+                   "step_ms": 1000 * min(floors) / args.steps, "augment_ms": augment_ms,
+                   "gpu_step_ms": gpu_ms,
+                   "step_ms_before": 1000 * floors[0] / args.steps,
+                   "step_ms_after": 1000 * floors[-1] / args.steps,
+                   "step_ms_floors": [1000 * f / args.steps for f in floors],
+                   "steps": args.steps, "warmup_steps": warmup, "batch": BATCH,
+                   "results": results}
+        if args.device != "cpu":
+            payload["model"] = accelerator.name
+        if args.device == "cuda":
+            import torch
+            payload["gpu"] = torch.cuda.get_device_name()
+            payload["torch"] = torch.__version__
+        write_json(out, payload)
 
     def spread(r: dict[str, Any]) -> str:
         values = r.get("rounds_utilisation_pct")
@@ -557,7 +563,7 @@ def main() -> None:
              else f"{r['producer_cpu_ms_per_batch']:.1f}",
              f"{r['peak_shared_mb']:.0f}"] for name, r in results.items()]
     title = (f"{args.device}{' (CUDA graph)' if args.graph else ''}: step "
-             f"{1000 * compute / args.steps:.1f} ms"
+             f"{payload['step_ms']:.1f} ms"
              f"{f' ({gpu_ms:.1f} on the GPU)' if gpu_ms else ''}, augmentation "
              f"{augment_ms:.1f} ms/batch, batch {BATCH}, {args.steps} steps"
              f"{f', median of {args.rounds} rounds' if args.rounds > 1 else ''}")
@@ -565,24 +571,31 @@ def main() -> None:
     print(table(["mode", "utilisation %", "steady %", "wait ms p50/p95/max",
                  "step call ms p50", "first batch s", "producer CPU %",
                  "producer CPU ms/batch", "peak shm MB"], rows))
-    payload = {"benchmark": "gpu_idle", "machine": machine(), "device": args.device,
-               "graph": args.graph, "rounds": args.rounds,
-               "step_ms": 1000 * compute / args.steps, "augment_ms": augment_ms,
-               "gpu_step_ms": gpu_ms,
-               "step_ms_before": 1000 * floors[0] / args.steps,
-               "step_ms_after": 1000 * floors[-1] / args.steps,
-               "step_ms_floors": [1000 * f / args.steps for f in floors],
-               "steps": args.steps, "warmup_steps": warmup, "batch": BATCH,
-               "results": results}
-    if args.device != "cpu":
-        payload["model"] = accelerator.name
-    if args.device == "cuda":
-        import torch
-        payload["gpu"] = torch.cuda.get_device_name()
-        payload["torch"] = torch.__version__
-    write_json(out, payload)
     if args.plot:
         plot(out.replace(".json", ".png"), results, title)
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], floors: list[float], steps: int,
+              warmup: int) -> dict[str, Any]:
+    """Each mode's median round, and every round's utilisation. Round ``k``
+    counts against the faster of the floors measured before and after it,
+    so that a step whose speed drifts (CPU clocks, a launch-bound model)
+    does not flatter it."""
+    results: dict[str, Any] = {}
+    for name, rounds in runs.items():
+        for k, result in enumerate(rounds):
+            compute = min(floors[k], floors[k + 1])
+            result["utilisation_pct"] = 100 * compute / result["wall_s"]
+            if result["steady_wall_s"]:
+                result["steady_utilisation_pct"] = (
+                    100 * compute * (steps - warmup) / steps / result["steady_wall_s"])
+        ranked = sorted(rounds, key=lambda r: r["utilisation_pct"])
+        results[name] = dict(ranked[(len(ranked) - 1) // 2])  # the (lower) median
+        if len(rounds) > 1:
+            results[name]["rounds_utilisation_pct"] = [r["utilisation_pct"] for r in rounds]
+            results[name]["rounds_steady_utilisation_pct"] = [
+                r.get("steady_utilisation_pct") for r in rounds]
+    return results
 
 
 if __name__ == "__main__":
