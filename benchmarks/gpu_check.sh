@@ -3,29 +3,33 @@
 #   1. benchmarks/gpu_idle.py --device cuda --graph --rounds 3 --plot (the
 #      step as a CUDA graph: the GPU sets its pace),
 #   2. benchmarks/gpu_idle.py --device cuda --plot (launch-bound eager step),
-#   3. the CUDA tests (pinned ring slots against real copies),
-#   4. the throughput smoke run, the bridge's and the benchmarks' tests,
-#   5. throughput at 512 B and 38.5 MB with this machine's cores,
-#   6. the other tests (the machine's own numpy and Python), while time is
+#   3. benchmarks/launch_bound.py (how steady the eager step is, unfed),
+#   4. the CUDA tests (pinned ring slots against real copies),
+#   5. the throughput smoke run, the bridge's and the benchmarks' tests,
+#   6. throughput at 512 B and 38.5 MB with this machine's cores,
+#   7. the other tests (the machine's own numpy and Python), while time is
 #      left.
 #
 #   OUT=dir BUDGET_S=500 [SKIP="eager tests"] bash benchmarks/gpu_check.sh
 #
-# SKIP names steps to leave out: graph eager cuda smoke benchmarks
+# SKIP names steps to leave out: graph eager launch cuda smoke benchmarks
 # throughput tests.
 #
-# On an H100 with 16 CPUs (2026-11-26) gpu_idle took about 3.2 minutes and
-# the CUDA tests about 1 minute; starting the machine took under a minute.
+# On an H100 with 16 CPUs (2026-11-26): gpu_idle --graph --rounds 3 took
+# 126 s, gpu_idle 105 s, launch_bound under a minute, the CUDA tests about
+# a minute, throughput at 512 B and 38.5 MB 27 s; starting the machine took
+# under a minute.
 #
 # Logs, JSON and the plot go to $OUT (default benchmarks/results). Wheels in
 # .whl/ (pyzmq for the bridge rows) are installed first when present.
-# GPU_IDLE="--device torch-cpu --quick" tries the script on a machine
-# without a GPU.
+# GPU_IDLE="--device torch-cpu --quick" LAUNCH_BOUND="--device cpu --quick"
+# try the script on a machine without a GPU.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 BUDGET_S=${BUDGET_S:-500}
 read -r -a GPU_IDLE <<< "${GPU_IDLE:---device cuda}"
+read -r -a LAUNCH_BOUND <<< "${LAUNCH_BOUND:---device cuda}"
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -64,6 +68,8 @@ step graph "gpu_idle --graph" 240 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}
     --graph --rounds 3 --plot --out "$OUT/gpu_idle_cuda_graph.json"
 step eager "gpu_idle" 230 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" --plot \
     --out "$OUT/gpu_idle_cuda.json"
+step launch "launch_bound" 90 python3 benchmarks/launch_bound.py "${LAUNCH_BOUND[@]}" \
+    --out "$OUT/launch_bound_cuda.json"
 step cuda "CUDA tests" 90 python3 -m pytest -p no:cacheprovider -v -rfE --tb=short \
     tests/test_cuda.py tests/test_pinning.py
 # the smoke run as a script first, so that a failure shows its traceback

@@ -144,6 +144,27 @@ def disk_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def launch_bound_lines(data: dict[str, Any]) -> list[str]:
+    def ms(results: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{r['ms_per_step']:.2f}" for r in results)
+    lines = []
+    if "gpu_ms_host_ms" in data:
+        lines.append("GPU ms per step: " + ", ".join(
+            f"{gpu:.2f}" for gpu, _ in data["gpu_ms_host_ms"]) + "; host ms to queue it: "
+            + ", ".join(f"{host:.2f}" for _, host in data["gpu_ms_host_ms"]))
+    lines.append(f"ms per step, blocks in a row: {ms(data['drift'])}; "
+                 f"last block: {data['drift_end']['ms_per_step']:.2f}")
+    lines.append(f"augmentation between steps: {data['augment_between']['ms_per_step']:.2f} "
+                 f"(step call {data['augment_between']['call_p50']:.2f}), then none: "
+                 f"{data['after_augment_between']['ms_per_step']:.2f}")
+    for key, label in (("loaded", "busy processes"),
+                       ("pinned", "busy processes, the loop on a CPU of its own")):
+        if data.get(key):
+            lines.append(f"{label}: " + ", ".join(
+                f"{r['k']}: {r['ms_per_step']:.2f}" for r in data[key]))
+    return lines
+
+
 REPORTS = [
     ("seed_tutorial.json", "python benchmarks/seed_tutorial.py", seed_table),
     ("gpu_idle_cpu.json", "python benchmarks/gpu_idle.py --device cpu --plot",
@@ -156,6 +177,10 @@ REPORTS = [
     ("throughput_512B_hwm64.json", "python benchmarks/throughput.py --sizes "
      "'512 B' --hwm 64 --only memcpy read ring Prefetcher pyzmq "
      "--out benchmarks/results/throughput_512B_hwm64.json", throughput_table),
+    ("throughput_gpu_machine.json", "python benchmarks/throughput.py --sizes '512 B' "
+     "'38.5 MB' --only memcpy 'bare shm' Prefetcher pyzmq (in benchmarks/gpu_check.sh)",
+     throughput_table),
+    ("launch_bound_cuda.json", "python benchmarks/launch_bound.py", launch_bound_lines),
     ("scaling.json", "python benchmarks/scaling.py", scaling_lines),
     ("disk_datasets.json", "python benchmarks/disk_datasets.py", disk_table),
 ]
@@ -169,10 +194,13 @@ def main() -> None:
         data = _load(args.results, name)
         if data is None:
             continue
-        machine = data["machine"]
-        extra = "".join(f", {data[key]}" for key in ("gpu", "torch") if key in data)
-        print(f"<!-- {command}: {machine['date']}, {machine['cpus']} CPUs, "
-              f"Python {machine['python']}, numpy {machine['numpy']}{extra} -->")
+        machine = data.get("machine")
+        if machine:
+            extra = "".join(f", {data[key]}" for key in ("gpu", "torch") if key in data)
+            print(f"<!-- {command}: {machine['date']}, {machine['cpus']} CPUs, "
+                  f"Python {machine['python']}, numpy {machine['numpy']}{extra} -->")
+        else:
+            print(f"<!-- {command}: {data.get('cpus')} CPUs -->")
         print("\n".join(render(data)))
         print()
 

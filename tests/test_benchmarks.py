@@ -132,6 +132,20 @@ def test_gpu_idle_graph_step_on_cuda(tmp_path):
         assert 0 < mode["utilisation_pct"] <= 105
 
 
+@pytest.mark.timeout(180)
+def test_launch_bound_quick(tmp_path):
+    pytest.importorskip("torch")
+    _, data = run_quick(tmp_path, "launch_bound.py", "--device", "cpu", timeout=170)
+    assert len(data["drift"]) == 2
+    assert all(block["ms_per_step"] > 0 for block in data["drift"])
+    assert [r["k"] for r in data["loaded"]] == [0, 1]
+    # the busy process ran, and said how long each of its batches took
+    (wall_ms, cpu_ms), = data["loaded"][1]["load_ms_per_batch_wall_cpu"]
+    assert wall_ms > 0 and cpu_ms > 0
+    for result in data["pinned"]:
+        assert result["main_cpu"] not in result["others"]
+
+
 @pytest.mark.timeout(60)
 def test_report_renders_the_committed_results():
     result = subprocess.run(
@@ -143,5 +157,11 @@ def test_report_renders_the_committed_results():
     assert "| shmfuel Prefetcher w=1 |" in result.stdout
     # the GPU run's table, with the host's time per step call
     assert "NVIDIA H100" in result.stdout
-    assert "| shmfuel Prefetcher w=8 pinned | 91.5 |" in result.stdout
+    assert "| shmfuel Prefetcher w=8 pinned | 105.4 |" in result.stdout
     assert "step call ms p50" in result.stdout
+    # the CUDA graph run, with every round's range
+    assert "| shmfuel Prefetcher w=8 | 95.1 (88.3-97.7) | 96.4 |" in result.stdout
+    assert "median of 3 rounds, min-max" in result.stdout
+    # the launch-bound step's noise, and the 16-CPU transport run
+    assert "GPU ms per step: 3.39" in result.stdout
+    assert "| shmfuel Prefetcher w=1 | 190,111 | 180 (6.94) |" in result.stdout
