@@ -8,25 +8,32 @@ runs a step on each. The step is either
   Storage/DLIO simulate accelerators), so the benchmark runs anywhere, or
 * ``--device cuda``: a real model (torchvision's ResNet-18 if installed,
   else a small conv net) in bf16 autocast, batches copied with
-  ``non_blocking=True``.
+  ``non_blocking=True``. Run eagerly, a small model like this one is
+  launch-bound: the host's Python, not the GPU, sets its pace. With
+  ``--graph`` the step is captured once as a CUDA graph and replayed, so
+  that the GPU sets it (see ``GraphStep``).
 
 The loop is fed in-process, by torch's DataLoader (2/4/8 workers, pinned
 memory on CUDA), by shmfuel's Prefetcher (2/4/8 producers, with and without
 ``pin_memory`` on CUDA) and by the bridge (server with 2 producers). For
 each mode: utilisation = pure compute time (the same steps with the data
-already in place, measured before and after the modes; the faster counts)
-/ wall time, over all steps after the first batch and
+already in place) / wall time, over all steps after the first batch and
 in the steady state (after ``--warmup`` steps, which fill every feeder's
 queues: a shmfuel ring's first fill also has the kernel zero its new
 slots); the wait for data per step (p50/p95/max,
 H2D copy included); the time a step call takes on the host (p50: a
 launch-bound model's steps slow down when feeders compete for the CPU or
 the GIL); time to the first batch; CPU used by producer
-processes (% of one core); peak shared memory (growth of the system's
-``Shmem``). ``--plot`` writes a PNG (needs matplotlib).
+processes (% of one core, and ms per batch in the steady state, without
+their start-up); peak shared memory (growth of the system's ``Shmem``).
+With ``--rounds N`` every mode runs N times, in rounds, and the pure
+compute time is measured before and after each round; a round counts
+against the faster of its two (see ``summarise``). The JSON is written
+after every round. ``--plot`` writes a PNG (needs matplotlib). On CUDA the
+JSON also has the GPU's own time per step (``gpu_step_ms``).
 
     python benchmarks/gpu_idle.py --device cpu [--quick]
-    python benchmarks/gpu_idle.py --device cuda
+    python benchmarks/gpu_idle.py --device cuda [--graph --rounds 3]
 """
 
 from __future__ import annotations
