@@ -503,6 +503,8 @@ def main() -> None:
         args.steps, args.batches, args.workers = 8, 2, [2]
     if args.graph and args.device != "cuda":
         parser.error("--graph needs --device cuda (CUDA graphs)")
+    if args.rounds < 1 or args.steps < 2:
+        parser.error("--rounds must be at least 1 and --steps at least 2")
     warmup = min(args.warmup, args.steps // 2)
     name = f"gpu_idle_{args.device}{'_graph' if args.graph else ''}.json"
     out = args.out or os.path.join(HERE, "results", name)

@@ -108,13 +108,17 @@ def test_gpu_idle_rounds_each_count_against_their_own_floors(tmp_path):
     assert 0 < result["producer_cpu_ms_per_batch"] < 1000
 
 
-def test_gpu_idle_graph_needs_cuda(tmp_path):
+@pytest.mark.parametrize("args,message", [
+    (["--graph"], "--graph needs --device cuda"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+])
+def test_gpu_idle_refuses_bad_arguments(tmp_path, args, message):
     result = subprocess.run(
         [sys.executable, os.path.join(BENCHMARKS, "gpu_idle.py"), "--device", "cpu",
-         "--graph", "--out", str(tmp_path / "out.json")],
+         *args, "--out", str(tmp_path / "out.json")],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "--graph needs --device cuda" in result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "out.json").exists()
 
 
