@@ -314,6 +314,8 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
     try:
         for n in range(steps):
             if n == warmup:
+                # a few ms, once: inside the all-steps wall time, before the
+                # steady state's
                 steady_cpu = children_cpu()
                 steady_started = time.perf_counter()
             waited = time.perf_counter()
