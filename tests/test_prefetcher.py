@@ -2,6 +2,8 @@
 
 import os
 import pickle
+import subprocess
+import sys
 import time
 
 import numpy
@@ -43,6 +45,39 @@ def test_start_methods_and_closures(start_method):
         assert prefetched.start_method == start_method
         got = [list(x) for x, in prefetched.get_epoch_iterator()]
     assert got == [[100 + i, 101 + i] for i in range(0, 20, 2)]
+
+
+PRELOAD_SCRIPT = """
+import multiprocessing, sys
+import psutil
+from shmfuel import Prefetcher
+from shmfuel.datasets import IterableDataset
+from shmfuel.streams import DataStream
+if __name__ == "__main__":
+    if sys.argv[1] == "mine":
+        multiprocessing.set_forkserver_preload(["__main__", "json"])
+    stream = DataStream(IterableDataset({"x": [1, 2, 3]}))
+    with Prefetcher(stream, start_method="forkserver") as prefetched:
+        print([x for x, in prefetched.get_epoch_iterator()])
+        for child in psutil.Process().children():
+            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
+                print(" ".join(child.cmdline()))
+"""
+
+
+@pytest.mark.parametrize("preload", ["default", "mine"])
+def test_the_forkserver_preloads_the_producer_and_keeps_the_caller_s_list(
+        tmp_path, preload):
+    script = tmp_path / "preload.py"
+    script.write_text(PRELOAD_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), preload],
+                            capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stderr
+    data, server = result.stdout.splitlines()
+    assert data == "[1, 2, 3]"
+    # the forkserver's command line carries its preload list
+    expected = ["__main__", "json"] if preload == "mine" else ["__main__"]
+    assert repr([*expected, "shmfuel.prefetch.producer"]) in server
 
 
 def test_it_is_a_data_stream():
