@@ -22,9 +22,19 @@ def load_stream(spec: str) -> AbstractDataStream:
     if not sep or not module_name or not attribute:
         raise SystemExit(f"expected package.module:factory, got {spec!r}")
     sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(
+            f"cannot import {module_name!r} (from {spec!r}): {exc}. Run from "
+            "the directory that holds it, or add that directory to "
+            "PYTHONPATH") from exc
     target: Any = module
     for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise SystemExit(
+                f"{module_name} has no {attribute!r} (from {spec!r}): name a "
+                "data stream, or a function that returns one")
         target = getattr(target, part)
     stream = target() if callable(target) and not isinstance(
         target, AbstractDataStream) else target
@@ -32,6 +42,16 @@ def load_stream(spec: str) -> AbstractDataStream:
         raise SystemExit(f"{spec} gave a {type(stream).__name__}, not a data "
                          "stream")
     return stream
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """``--shard K/N``: share K of N servers, 0 <= K < N."""
+    k, sep, n = text.partition("/")
+    if sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n):
+        return int(k), int(n)
+    raise argparse.ArgumentTypeError(
+        f"expected K/N with 0 <= K < N (this server's share of N), got {text!r}; "
+        "for example 0/2 and 1/2 for two servers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1,
                        help="producer processes (a Prefetcher) for the stream")
     serve.add_argument("--hwm", type=int, default=10)
-    serve.add_argument("--shard", default=None, metavar="K/N",
+    serve.add_argument("--shard", type=shard_spec, default=None, metavar="K/N",
                        help="serve share K of N of the requests")
     serve.add_argument("--heartbeat", type=float, default=1.0,
                        help="seconds between heartbeats while a client waits")
@@ -57,15 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")
-    shard = None
-    if args.shard:
-        k, _, n = args.shard.partition("/")
-        shard = (int(k), int(n))
     from shmfuel.server import start_server
     stream = load_stream(args.factory)
     # Ctrl-C and SIGTERM make start_server return.
     start_server(stream, port=args.port, hwm=args.hwm, host=args.host,
-                 workers=args.workers, shard=shard,
+                 workers=args.workers, shard=args.shard,
                  allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
     return 0
 
