@@ -16,7 +16,7 @@ from shmfuel.datasets import IndexableDataset, IterableDataset
 from shmfuel.exceptions import ClosedError, ShmfuelError
 from shmfuel.schemes import ConstantScheme, SequentialExampleScheme, SequentialScheme
 from shmfuel.streams import DataStream
-from shmfuel.transformers import Batch, Mapping
+from shmfuel.transformers import Batch, Mapping, Transformer
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("ring_notify")]
 
@@ -78,6 +78,60 @@ def test_the_forkserver_preloads_the_producer_and_keeps_the_caller_s_list(
     # the forkserver's command line carries its preload list
     expected = ["__main__", "json"] if preload == "mine" else ["__main__"]
     assert repr([*expected, "shmfuel.prefetch.producer"]) in server
+
+
+class KeepEven(Transformer):
+    """Pulls as many items as it takes to find an even one: not per-batch,
+    and not one of the transformers the Prefetcher knows to refuse."""
+
+    def get_data(self, request=None):
+        while True:
+            data = next(self.child_epoch_iterator)
+            if data[0] % 2 == 0:
+                return data
+
+
+class Twice(Transformer):
+    """Makes two items of each child item: not per-batch either."""
+
+    def get_epoch_iterator(self, **kwargs):
+        self.pending = []
+        return super().get_epoch_iterator(**kwargs)
+
+    def get_data(self, request=None):
+        if not self.pending:
+            data = next(self.child_epoch_iterator)
+            self.pending = [data, data]
+        return self.pending.pop()
+
+
+def examples(n):
+    return DataStream(IndexableDataset({"x": list(range(n))}),
+                      iteration_scheme=SequentialExampleScheme(n))
+
+
+@pytest.mark.parametrize("transformer,serial,delivered", [
+    # the second producer gets the odd requests, keeps none: its epoch
+    # ends with requests taken and no batch made
+    (KeepEven, [0, 2, 4, 6, 8, 10], [0]),
+    # each producer's second batch would come from its first request:
+    # refused before it is delivered, instead of interleaving wrongly
+    (Twice, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10,
+             11, 11], [0, 1]),
+])
+def test_a_pipeline_that_is_not_per_batch_is_refused_not_mixed_up(
+        transformer, serial, delivered):
+    stream = transformer(examples(12))
+    assert [x for x, in stream.get_epoch_iterator()] == serial
+    with Prefetcher(stream, workers=1) as one:
+        assert [x for x, in one.get_epoch_iterator()] == serial
+    with Prefetcher(stream, workers=2) as two:
+        got = []
+        with pytest.raises(ValueError, match="each batch must come from exactly "
+                                             "one request.*needs workers=1"):
+            for x, in two.get_epoch_iterator():
+                got.append(x)
+    assert got == delivered
 
 
 def test_it_is_a_data_stream():

@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 from shmfuel.datasets import IndexableDataset, IterableDataset
-from shmfuel.prefetch.sharding import Every, shard, why_not_shardable
+from shmfuel.prefetch.sharding import Every, check_per_batch, shard, why_not_shardable
 from shmfuel.schemes import ConstantScheme, SequentialExampleScheme, ShuffledScheme
 from shmfuel.streams import DataStream
 from shmfuel.transformers import Batch, Filter, Mapping, Merge, ScaleAndShift
@@ -58,3 +58,32 @@ def test_stateful_pipelines_are_refused(stream, reason):
 
 def test_per_batch_pipeline_is_shardable():
     assert why_not_shardable(Mapping(make(), lambda d: d)) is None
+
+
+def test_every_counts_what_it_hands_out():
+    every = Every(iter(range(10)), 1, 3)
+    assert every.taken == 0
+    assert list(every) == [1, 4, 7]
+    assert every.taken == 3
+
+
+def test_per_batch_check_names_the_counts_and_the_fix():
+    every = Every(iter(range(10)), 0, 2)
+    next(every), next(every)
+    check_per_batch(every, 2)  # one request per batch: fine
+    for batches in (1, 3):
+        with pytest.raises(ValueError, match=f"made {batches} batches from 2 "
+                                             "requests.*needs workers=1"):
+            check_per_batch(every, batches)
+
+
+def test_the_sharded_scheme_keeps_the_epoch_s_requests():
+    stream = make()
+    scheme = shard(stream, 1, 2)
+    assert scheme is stream.data_stream.iteration_scheme and scheme.requests is None
+    iterator = stream.get_epoch_iterator()
+    requests = scheme.requests
+    next(iterator), next(iterator)
+    assert requests.taken == 2
+    stream.get_epoch_iterator()
+    assert scheme.requests is not requests and scheme.requests.taken == 0

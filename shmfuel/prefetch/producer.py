@@ -40,7 +40,7 @@ from typing import Any
 import numpy
 
 from shmfuel.prefetch import _payload, control, layout, ring
-from shmfuel.prefetch.sharding import shard
+from shmfuel.prefetch.sharding import ShardedScheme, check_per_batch, shard
 
 POLL_S = 0.5
 _ndarray = numpy.ndarray
@@ -299,9 +299,9 @@ class Producer:
         try:
             try:
                 stream = _payload.loads(payload, buffers)
-                if self.workers > 1:
-                    shard(stream, self.worker, self.workers)
-                self.produce(stream)
+                sharded = (shard(stream, self.worker, self.workers)
+                           if self.workers > 1 else None)
+                self.produce(stream, sharded)
             except (_Stop, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -314,7 +314,7 @@ class Producer:
         except _Stop:
             return
 
-    def produce(self, stream: Any) -> None:
+    def produce(self, stream: Any, sharded: ShardedScheme | None = None) -> None:
         sources = tuple(stream.sources)
         n_sources = len(sources)
         clock = time.perf_counter_ns
@@ -328,6 +328,9 @@ class Producer:
             while epoch > self.consumer_epoch + 1:
                 self.poll(POLL_S)
             iterator = stream.get_epoch_iterator()
+            # this epoch's share of requests, counted (its scheme's iterator
+            # is made with the epoch's)
+            requests = sharded.requests if sharded is not None else None
             seq = 0
             last_ns = slow_ns
             started = clock()  # busy from here, waits for a slot apart
@@ -349,9 +352,13 @@ class Producer:
                 try:
                     batch = next(iterator)
                 except StopIteration:
+                    if requests is not None:
+                        check_per_batch(requests, seq)
                     break
                 if type(batch) is not tuple or len(batch) != n_sources:
                     _check_batch(batch, sources)
+                if requests is not None and requests.taken != seq + 1:
+                    check_per_batch(requests, seq + 1)
                 made = clock()
                 last_ns = made - started
                 waited = 0

@@ -23,13 +23,15 @@ from typing import Any
 
 
 class Every:
-    """Items ``start, start+step, ...`` of an iterator; picklable."""
+    """Items ``start, start+step, ...`` of an iterator; picklable.
+    ``taken``: how many it has handed out."""
 
     def __init__(self, iterator: Iterator[Any], start: int, step: int) -> None:
         self.iterator = iterator
         self.start = start
         self.step = step
         self.skip = start
+        self.taken = 0
 
     def __iter__(self) -> Every:
         return self
@@ -38,21 +40,42 @@ class Every:
         for _ in range(self.skip):
             next(self.iterator)
         self.skip = self.step - 1
-        return next(self.iterator)
+        item = next(self.iterator)
+        self.taken += 1
+        return item
 
 
 class ShardedScheme:
-    """The share ``worker`` of ``workers`` of another scheme's requests."""
+    """The share ``worker`` of ``workers`` of another scheme's requests.
+    ``requests``: the share of the epoch being iterated."""
 
     def __init__(self, scheme: Any, worker: int, workers: int) -> None:
         self.scheme = scheme
         self.worker = worker
         self.workers = workers
         self.requests_examples = scheme.requests_examples
+        self.requests: Every | None = None
 
     def get_request_iterator(self) -> Every:
-        return Every(self.scheme.get_request_iterator(), self.worker,
-                     self.workers)
+        self.requests = Every(self.scheme.get_request_iterator(), self.worker,
+                              self.workers)
+        return self.requests
+
+
+def check_per_batch(requests: Every, batches: int) -> None:
+    """Raise ValueError unless the pipeline made ``batches`` batches from as
+    many of this epoch's ``requests``: with a batch that came from no
+    request, or from several (a transformer that drops, splits or joins
+    items), producers would no longer add up to one pipeline's batches."""
+    taken = requests.taken
+    if taken != batches:
+        raise ValueError(
+            f"cannot split this stream between producers: its pipeline made "
+            f"{batches} batches from {taken} requests of its iteration "
+            "scheme. With workers > 1 each batch must come from exactly one "
+            "request (a per-batch pipeline: Mapping and other transformers "
+            "that make one item from each child item); a transformer that "
+            "drops, splits or joins items needs workers=1")
 
 
 def _stateful_types() -> tuple[type, ...]:
@@ -84,11 +107,13 @@ def why_not_shardable(stream: Any) -> str | None:
     return _bottom(stream)[1]
 
 
-def shard(stream: Any, worker: int, workers: int) -> None:
-    """Make ``stream`` (a copy) produce only the share ``worker``."""
+def shard(stream: Any, worker: int, workers: int) -> ShardedScheme:
+    """Make ``stream`` (a copy) produce only the share ``worker``; the
+    scheme that hands it out."""
     bottom, reason = _bottom(stream)
     if reason is not None:
         raise ValueError(f"cannot split this stream between producers: "
                          f"{reason}")
-    bottom.iteration_scheme = ShardedScheme(bottom.iteration_scheme, worker,
-                                            workers)
+    bottom.iteration_scheme = scheme = ShardedScheme(
+        bottom.iteration_scheme, worker, workers)
+    return scheme
