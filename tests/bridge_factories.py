@@ -4,7 +4,10 @@ import time
 
 from helpers import sequential_stream, shuffled_stream
 
-from shmfuel.transformers import Mapping
+from shmfuel.datasets import IndexableDataset
+from shmfuel.schemes import SequentialExampleScheme
+from shmfuel.streams import DataStream
+from shmfuel.transformers import Mapping, Transformer
 
 
 def shuffled():
@@ -62,3 +65,18 @@ def reuses_its_buffer():
 
 def sequential():
     return sequential_stream(n=40, batch_size=2)
+
+
+class KeepEven(Transformer):
+    """Pulls as many items as it takes to find an even one: not per-batch."""
+
+    def get_data(self, request=None):
+        while True:
+            data = next(self.child_epoch_iterator)
+            if data[0] % 2 == 0:
+                return data
+
+
+def keep_even():
+    return KeepEven(DataStream(IndexableDataset({"x": list(range(12))}),
+                               iteration_scheme=SequentialExampleScheme(12)))

@@ -324,6 +324,24 @@ def test_sharded_servers_merge_into_the_same_epochs():
             swapped.get_epoch_iterator()
 
 
+def test_a_share_whose_pipeline_is_not_per_batch_is_an_error_not_mixed_up():
+    # server 1 gets the odd requests, keeps none: its epoch ends with
+    # requests taken and no batch made
+    with Server("keep_even", "--shard", "0/2") as a, \
+            Server("keep_even", "--shard", "1/2") as b:
+        client = ServerDataStream(("x",), servers=[f"127.0.0.1:{a.port}",
+                                                   f"127.0.0.1:{b.port}"], timeout=10)
+        try:
+            got = []
+            with pytest.raises(ValueError, match="each batch must come from exactly "
+                                                 "one request.*needs workers=1"):
+                for x, in client.get_epoch_iterator():
+                    got.append(x)
+            assert got == [0]
+        finally:
+            client.close()
+
+
 def test_server_with_producer_workers():
     with Server("shuffled", "--workers", "2") as server:
         client = server.client()

@@ -6,7 +6,13 @@ import numpy
 import pytest
 
 from shmfuel.datasets import IndexableDataset, IterableDataset
-from shmfuel.prefetch.sharding import Every, check_per_batch, shard, why_not_shardable
+from shmfuel.prefetch.sharding import (
+    Every,
+    check_per_batch,
+    per_batch,
+    shard,
+    why_not_shardable,
+)
 from shmfuel.schemes import ConstantScheme, SequentialExampleScheme, ShuffledScheme
 from shmfuel.streams import DataStream
 from shmfuel.transformers import Batch, Filter, Mapping, Merge, ScaleAndShift
@@ -87,3 +93,16 @@ def test_the_sharded_scheme_keeps_the_epoch_s_requests():
     assert requests.taken == 2
     stream.get_epoch_iterator()
     assert scheme.requests is not requests and scheme.requests.taken == 0
+
+
+def test_per_batch_passes_a_per_batch_epoch_and_stops_a_batch_from_no_request():
+    stream = make()
+    scheme = shard(stream, 0, 2)
+    assert len(list(per_batch(stream.get_epoch_iterator(), scheme))) == 3
+    # a batch made without taking a request: refused when it is made
+    epoch = stream.get_epoch_iterator()
+    first = next(epoch)
+    batches = per_batch(iter([first, first]), scheme)
+    next(batches)
+    with pytest.raises(ValueError, match="made 2 batches from 1 requests"):
+        next(batches)

@@ -49,6 +49,7 @@ from typing import Any
 
 from shmfuel._refcounts import check_build
 from shmfuel.bridge import SendBuffers, recv_parts, require_zmq, send_parts, wire
+from shmfuel.prefetch.sharding import per_batch
 
 log = logging.getLogger("shmfuel.server")
 
@@ -157,6 +158,7 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
     """
     zmq = require_zmq()
     check_build("the data server")
+    sharded = None  # this server's share of the requests, if it has one
     if shard is not None:
         k, n = shard
         if not (isinstance(k, int) and isinstance(n, int) and 0 <= k < n):
@@ -167,11 +169,12 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
 
         from shmfuel.prefetch.sharding import shard as shard_stream
         data_stream = pickle.loads(cloudpickle.dumps(data_stream))
-        shard_stream(data_stream, k, n)
+        sharded = shard_stream(data_stream, k, n)
     if heartbeat <= 0:
         raise ValueError(f"heartbeat must be positive, got {heartbeat}")
     prefetcher = None
-    if workers > 1:
+    if workers > 1:  # each producer then checks its own share
+        sharded = None
         from shmfuel.prefetch import Prefetcher
         prefetcher = data_stream = Prefetcher(data_stream, workers=workers,
                                               hwm=max(hwm, workers))
@@ -188,7 +191,7 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
     stop = stop if stop is not None else threading.Event()
     server = _Server(zmq, router, data_stream, metadata, heartbeat,
                      wire.BatchEncoder(allow_pickle, share=prefetcher is not None),
-                     stop)
+                     stop, sharded)
     restore, wake = _stop_on_signals(stop, lambda: server.in_stream)
     try:
         address = f"tcp://{host}:{port}" if port else f"tcp://{host}:*"
@@ -230,10 +233,12 @@ class _Server:
 
     def __init__(self, zmq: Any, router: Any, stream: Any,
                  metadata: dict[str, Any], heartbeat: float,
-                 encoder: wire.BatchEncoder, stop: threading.Event) -> None:
+                 encoder: wire.BatchEncoder, stop: threading.Event,
+                 sharded: Any = None) -> None:
         self.zmq = zmq
         self.router = router
         self.stream = stream
+        self.sharded = sharded  # a share's scheme: its batches are checked
         self.metadata = metadata
         self.heartbeat = heartbeat
         self.encoder = encoder
@@ -372,6 +377,8 @@ class _Server:
             self.seq = 0
             try:
                 self.iterator = self.call(self.stream.get_epoch_iterator)
+                if self.sharded is not None:
+                    self.iterator = per_batch(self.iterator, self.sharded)
                 self.phase = "producing"
             except Exception as exc:
                 self.send(self.error(exc, epoch))

@@ -107,6 +107,22 @@ def why_not_shardable(stream: Any) -> str | None:
     return _bottom(stream)[1]
 
 
+def per_batch(iterator: Iterator[Any], scheme: ShardedScheme) -> Iterator[Any]:
+    """``iterator``'s items (an epoch of the stream ``scheme`` was sharded
+    into), each checked to come from one request (see ``check_per_batch``)."""
+    requests = scheme.requests
+    if requests is None:
+        yield from iterator
+        return
+    made = 0
+    for item in iterator:
+        made += 1
+        if requests.taken != made:
+            check_per_batch(requests, made)
+        yield item
+    check_per_batch(requests, made)
+
+
 def shard(stream: Any, worker: int, workers: int) -> ShardedScheme:
     """Make ``stream`` (a copy) produce only the share ``worker``; the
     scheme that hands it out."""
