@@ -376,6 +376,20 @@ def test_curve_encryption():
         thread.join(10)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"port": -1}, "port must be a number from 1 to 65535, or 0"),
+    ({"port": 70000}, "port must be a number"),
+    ({"port": "5557"}, "port must be a number"),
+    ({"host": ""}, "host must be an interface to bind"),
+    ({"workers": 0}, "workers must be an int of at least 1"),
+    ({"hwm": 0}, "hwm must be an int of at least 1"),
+])
+def test_server_arguments_are_checked_before_it_binds(kwargs, message):
+    from shmfuel.server import start_server
+    with pytest.raises(ValueError, match=message):
+        start_server(shuffled_stream(), **kwargs)
+
+
 def test_client_arguments_and_pickling():
     with pytest.raises(TypeError, match="tuple of names"):
         ServerDataStream("features")
@@ -383,6 +397,23 @@ def test_client_arguments_and_pickling():
         ServerDataStream(("x",), hwm=0)
     with pytest.raises(ValueError, match="is not 'host:port'"):
         ServerDataStream(("x",), servers=["nohost"])
+    for port in ("x", -1, 0, 70000, True, 5557.0):
+        with pytest.raises(ValueError, match="port must be a number from 1 to 65535"):
+            ServerDataStream(("x",), port=port)
+    with pytest.raises(ValueError, match="port must be a number"):
+        ServerDataStream(("x",), servers=[("127.0.0.1", "x")])
+    with pytest.raises(ValueError, match="host must be a name or an address"):
+        ServerDataStream(("x",), host="")
+    with pytest.raises(ValueError, match="neither 'host:port' nor a"):
+        ServerDataStream(("x",), servers=[5557])
+    with pytest.raises(ValueError, match="servers is empty"):
+        ServerDataStream(("x",), servers=[])
+    with pytest.raises(ValueError, match="at least one source"):
+        ServerDataStream(())
+    assert ServerDataStream(("x",), servers=[("::1", "5557"), "[::1]:5558"]
+                            ).addresses == [("::1", 5557), ("::1", 5558)]
+    assert ServerDataStream(("x",), port=numpy.int64(5559)).addresses == [
+        ("localhost", 5559)]
     with Server("shuffled") as server:
         hasty = server.client(timeout=0.5)
         with pytest.raises(ValueError, match="not longer than the server's heartbeat"):

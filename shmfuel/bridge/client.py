@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import collections
 import logging
+import numbers
 import weakref
 from typing import Any
 
@@ -123,14 +124,32 @@ def _hang_up(zmq: Any, context: Any, connections: list[_Connection]) -> None:
     context.term()
 
 
+def _address(host: Any, port: Any) -> tuple[str, int]:
+    """A server's (host, port), checked before anything connects."""
+    if not isinstance(host, str) or not host.strip("[]"):
+        raise ValueError(f"a server's host must be a name or an address such "
+                         f"as '127.0.0.1', got {host!r}")
+    number = (int(port) if isinstance(port, str) and port.isdigit()
+              else int(port) if isinstance(port, numbers.Integral)
+              and not isinstance(port, bool) else 0)
+    if not 0 < number < 65536:
+        raise ValueError(f"a server's port must be a number from 1 to 65535 "
+                         f"(the server's --port), got {port!r}")
+    return host, number
+
+
 def _parse_address(value: Any) -> tuple[str, int]:
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit():
             raise ValueError(f"server address {value!r} is not 'host:port'")
-        return host.strip("[]"), int(port)
-    host, port = value
-    return str(host), int(port)
+        return _address(host.strip("[]"), int(port))
+    try:
+        host, port = value
+    except (TypeError, ValueError):
+        raise ValueError(f"server address {value!r} is neither 'host:port' "
+                         "nor a (host, port) pair") from None
+    return _address(host, port)
 
 
 class ServerDataStream(AbstractDataStream):
@@ -177,6 +196,12 @@ class ServerDataStream(AbstractDataStream):
         if isinstance(sources, str) or not all(isinstance(s, str)
                                                for s in sources):
             raise TypeError(f"sources must be a tuple of names, got {sources!r}")
+        if not sources:
+            raise ValueError("sources must name at least one source, as many "
+                             "as the served stream has")
+        if servers is not None and not servers:
+            raise ValueError("servers is empty: give at least one 'host:port', "
+                             "or leave it out and use host= and port=")
         if hwm < 1:
             raise ValueError(f"hwm must be at least 1, got {hwm}")
         if timeout <= 0:
@@ -186,7 +211,7 @@ class ServerDataStream(AbstractDataStream):
         self._given_examples = produces_examples
         self._given_labels = axis_labels
         self.addresses = ([_parse_address(s) for s in servers] if servers
-                          else [(host, port)])
+                          else [_address(host, port)])
         self.hwm = hwm
         self.timeout = timeout
         self.allow_pickle = allow_pickle
