@@ -40,6 +40,12 @@ class AbstractDataStream(ABC):
 
     def __init__(self, iteration_scheme: Any = None,
                  axis_labels: dict[str, Any] | None = None) -> None:
+        if iteration_scheme is not None and (
+                isinstance(iteration_scheme, type)
+                or not callable(getattr(iteration_scheme, "get_request_iterator", None))):
+            raise TypeError(
+                f"iteration_scheme must be an iteration scheme object, such as "
+                f"SequentialScheme(examples, batch_size), got {iteration_scheme!r}")
         self.iteration_scheme = iteration_scheme
         self.axis_labels = axis_labels
 

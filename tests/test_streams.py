@@ -114,3 +114,10 @@ def test_data_iterator_without_requests():
         def get_epoch_iterator(self, **kwargs):
             return super().get_epoch_iterator(**kwargs)
     assert list(DataIterator(Counter())) == [(1,), (0,)]
+
+
+@pytest.mark.parametrize("scheme", [5, SequentialScheme, "sequential"])
+def test_an_iteration_scheme_that_is_not_one_is_refused_at_once(scheme):
+    with pytest.raises(TypeError, match="iteration_scheme must be an iteration "
+                                        "scheme object, such as SequentialScheme"):
+        DataStream(IndexableDataset([1, 2]), iteration_scheme=scheme)
