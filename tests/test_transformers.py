@@ -56,6 +56,18 @@ class TestMapping:
         assert added.sources == ("x", "y")
         assert values(added) == [(1, 2), (2, 3)]
 
+    def test_a_mapping_must_return_a_tuple_not_an_array_split_into_sources(self):
+        # two sources and a 2-row array: tuple() would have made the rows
+        # the sources, silently
+        stream = batch_stream(x=numpy.arange(4), y=numpy.arange(4))
+        with pytest.raises(TypeError, match="returned a ndarray; it must return a "
+                                            "tuple with one value per source"):
+            values(Mapping(stream, lambda d: d[0] * 2))
+        lists = Mapping(batch_stream(x=numpy.arange(4), y=numpy.arange(4)),
+                        lambda d: [d[1], d[0]])
+        assert [(list(a), list(b)) for a, b in values(lists)] == [([0, 1], [0, 1]),
+                                                                 ([2, 3], [2, 3])]
+
     def test_dict_mapping(self):
         stream = example_stream(x=[1, 2], y=[3, 4])
         mapped = Mapping(stream, lambda d: {"x": d["y"], "y": d["x"]}, mapping_accepts=dict)

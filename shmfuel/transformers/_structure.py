@@ -68,7 +68,14 @@ class Mapping(Transformer):
                                f"{missing}")
             image = tuple(image[s] for s in wanted)
         else:
-            image = tuple(call_user(self.mapping, data))
+            image = call_user(self.mapping, data)
+            if not isinstance(image, (tuple, list)):
+                # tuple() would split an array into its rows, one per source
+                raise TypeError(
+                    f"the mapping returned a {type(image).__name__}; it must "
+                    "return a tuple with one value per source (for one "
+                    "source: return (value,))")
+            image = tuple(image)
         if not self.add_sources:
             return image
         return tuple(data) + image
