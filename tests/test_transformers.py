@@ -75,6 +75,11 @@ class TestMapping:
         missing = Mapping(example_stream(x=[1]), lambda d: {}, mapping_accepts=dict)
         with pytest.raises(KeyError, match="no value for sources"):
             values(missing)
+        not_a_dict = Mapping(example_stream(x=[1]), lambda d: (d["x"],),
+                             mapping_accepts=dict)
+        with pytest.raises(TypeError, match="returned a tuple; with mapping_accepts="
+                                            "dict it must return a dict"):
+            values(not_a_dict)
 
     def test_stop_iteration_in_user_code_is_an_error(self):
         def broken(data):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, abc
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +61,10 @@ class Mapping(Transformer):
         if self.mapping_accepts is dict:
             image = call_user(self.mapping, OrderedDict(
                 zip(self.data_stream.sources, data)))
+            if not isinstance(image, abc.Mapping):
+                raise TypeError(
+                    f"the mapping returned a {type(image).__name__}; with "
+                    "mapping_accepts=dict it must return a dict keyed by source")
             wanted = self.add_sources or tuple(self.data_stream.sources)
             missing = [s for s in wanted if s not in image]
             if missing:
