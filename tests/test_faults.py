@@ -243,3 +243,37 @@ def test_views_are_numpy_arrays_after_faults():
         with pytest.raises(ProducerDiedError):
             next(epoch)
         assert isinstance(first, numpy.ndarray) and list(first) == [0, 1]
+
+
+def _use_the_parent_s(prefetched, epoch, writer):
+    """In a forked child: try the parent's Prefetcher, then close it."""
+    try:
+        next(epoch)
+        writer.send("no error")
+    except Exception as exc:
+        writer.send(f"{type(exc).__name__}: {exc}")
+    prefetched.close()  # must not stop the parent's producers
+    writer.close()
+
+
+def test_a_forked_child_neither_takes_nor_stops_its_parent_s_batches():
+    import multiprocessing
+    fork = multiprocessing.get_context("fork")
+    with Prefetcher(sequential_stream(), hwm=4) as prefetched:
+        epoch = prefetched.get_epoch_iterator()
+        got = [list(next(epoch)[0])]
+        reader, writer = fork.Pipe(duplex=False)
+        child = fork.Process(target=_use_the_parent_s, args=(prefetched, epoch, writer))
+        child.start()
+        writer.close()
+        assert reader.poll(20), "the child said nothing"
+        message = reader.recv()
+        child.join(10)
+        assert child.exitcode == 0
+        got += [list(x) for x, in epoch]
+        # and the next epoch still runs: the producers were not stopped
+        again = [list(x) for x, in prefetched.get_epoch_iterator()]
+    assert message.startswith("ShmfuelError: this Prefetcher belongs to process "
+                              f"{os.getpid()}; process {child.pid} is a fork of it")
+    expected = [[i, i + 1] for i in range(0, 20, 2)]
+    assert got == expected and again == expected

@@ -36,6 +36,13 @@ Interpreter exit without ``close()``
     An ``atexit`` hook, registered after ``multiprocessing``'s own (so it
     runs first), stops every live pool; otherwise ``multiprocessing`` would
     wait for the producers forever.
+
+A fork of the consumer's process (``os.fork``, a forked worker)
+    A fork hook marks every live pool there as inherited: none of the
+    steps above runs in the child (closing or leaving does not stop the
+    parent's producers), and its consumer raises
+    :class:`~shmfuel.exceptions.ShmfuelError` instead of reading the
+    parent's ring.
 """
 
 from __future__ import annotations
@@ -63,6 +70,17 @@ _atexit_registered = False
 def _at_exit() -> None:
     for pool in list(_live_pools):
         pool.shutdown()
+
+
+def _forked() -> None:
+    """In a forked child: every pool alive belongs to the parent."""
+    for pool in list(_live_pools):
+        pool.inherit()
+    _live_pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def _register_atexit() -> None:
@@ -147,6 +165,8 @@ class ProducerPool:
         self.sockets: list[socket.socket] = []
         self.controls: list[Any] = []  # control pages, or None (sockets)
         self.closed = False
+        self.owner = os.getpid()
+        self.on_fork: Any = None  # the consumer's, called by inherit()
         _live_pools.add(self)
         try:
             with _payload.inherited(payload.kept):
@@ -196,6 +216,15 @@ class ProducerPool:
         finally:
             if stream_fd is not None:
                 os.close(stream_fd)
+
+    def inherit(self) -> None:
+        """This process is a fork of the pool's owner: the producers are the
+        owner's, so nothing here may stop them or read their slots. The
+        sockets stay open: a forked producer closes their descriptors by
+        number, which must not have been reused by then."""
+        self.closed = True
+        if self.on_fork is not None:
+            self.on_fork()
 
     def shutdown(self) -> None:
         """Stop every producer; idempotent. See the module docstring."""

@@ -114,6 +114,7 @@ class Consumer:
         self.position = 0
         self.epoch_done = True
         self.broken: BaseException | None = None
+        pool.on_fork = self._forked
         # stats
         self.started = time.perf_counter()
         self.first_batch_s: float | None = None
@@ -355,6 +356,16 @@ class Consumer:
         if self.broken is None:
             self.broken = exc
             self.pool.shutdown()
+
+    def _forked(self) -> None:
+        """In a forked child (see ``ProducerPool.inherit``)."""
+        self.pinning = None  # a forked child cannot use CUDA
+        self.in_flight = []
+        self.broken = ShmfuelError(
+            f"this Prefetcher belongs to process {self.pool.owner}; process "
+            f"{os.getpid()} is a fork of it and cannot read its batches (its "
+            "ring and producers serve the parent). Make a Prefetcher in this "
+            "process instead")
 
     def release(self) -> None:
         """Stop the producers and un-pin the slots. Idempotent."""
