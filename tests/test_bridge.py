@@ -342,6 +342,43 @@ def test_a_share_whose_pipeline_is_not_per_batch_is_an_error_not_mixed_up():
             client.close()
 
 
+def _use_the_parent_s(client, epoch, writer):
+    """In a forked child: try the parent's client, then close it."""
+    try:
+        next(epoch)
+        writer.send("no error")
+    except Exception as exc:
+        writer.send(f"{type(exc).__name__}: {exc}")
+    client.close()
+    writer.close()
+
+
+def test_a_forked_child_cannot_use_its_parent_s_client():
+    import multiprocessing
+    fork = multiprocessing.get_context("fork")
+    with Server("shuffled") as server:
+        client = server.client(hwm=2)
+        try:
+            epoch = client.get_epoch_iterator()
+            got = [next(epoch)]
+            reader, writer = fork.Pipe(duplex=False)
+            child = fork.Process(target=_use_the_parent_s, args=(client, epoch, writer))
+            child.start()
+            writer.close()
+            assert reader.poll(20), "the child said nothing"
+            message = reader.recv()
+            child.join(10)
+            assert child.exitcode == 0
+            got += list(epoch)
+            again = as_lists(client.get_epoch_iterator())
+        finally:
+            client.close()
+    assert message.startswith("ShmfuelError: this ServerDataStream was connected in "
+                              f"process {os.getpid()}; process {child.pid} is a fork")
+    expected = local_epochs(2)
+    assert as_lists(got) == expected[0] and again == expected[1]
+
+
 def test_server_with_producer_workers():
     with Server("shuffled", "--workers", "2") as server:
         client = server.client()

@@ -18,6 +18,7 @@ import builtins
 import collections
 import logging
 import numbers
+import os
 import weakref
 from typing import Any
 
@@ -28,6 +29,20 @@ from shmfuel.streams import AbstractDataStream
 
 log = logging.getLogger("shmfuel.bridge")
 _BUNDLE_HEAD_SIZE = wire.BUNDLE_HEAD.size
+
+# connected clients, so that a forked child can be told that theirs are the
+# parent's (a ZeroMQ context does not survive a fork)
+_connected: weakref.WeakSet[ServerDataStream] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for client in list(_connected):
+        client._inherited()
+    _connected.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class BridgeTimeoutError(ShmfuelError, TimeoutError):
@@ -241,6 +256,8 @@ class ServerDataStream(AbstractDataStream):
         # Garbage collection and interpreter exit close them too.
         self._finalizer = weakref.finalize(self, _hang_up, self._zmq, self._context,
                                            self._connections)
+        self._owner = os.getpid()
+        _connected.add(self)
         try:
             metadata = []
             for connection in self._connections:
@@ -342,12 +359,25 @@ class ServerDataStream(AbstractDataStream):
         if not self.connected:
             return
         self.connected = False
+        _connected.discard(self)
         self._finalizer()
+
+    def _inherited(self) -> None:
+        """In a forked child: the sockets and their context are the
+        parent's; leave them alone and refuse to read."""
+        if self.connected:
+            self._finalizer.detach()
+            self.connected = False
+        self._broken = ShmfuelError(
+            f"this ServerDataStream was connected in process {self._owner}; "
+            f"process {os.getpid()} is a fork of it and cannot use its "
+            "sockets (a ZeroMQ context does not survive a fork). Make a "
+            "ServerDataStream in this process (a pickled copy connects anew)")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for key in ("_zmq", "_context", "_connections", "_finalizer",
-                    "_decoder"):
+                    "_decoder", "_owner"):
             state.pop(key, None)
         state["connected"] = False
         return state
