@@ -58,3 +58,15 @@ def shared_mapping_of(address):
             if start <= address < end:
                 return line
     return None
+
+
+def use_inherited(stream, epoch, writer):
+    """In a forked child: try the parent's stream (a Prefetcher or a
+    client), tell the parent what happened, then close it."""
+    try:
+        next(epoch)
+        writer.send("no error")
+    except Exception as exc:
+        writer.send(f"{type(exc).__name__}: {exc}")
+    stream.close()
+    writer.close()

@@ -14,7 +14,7 @@ import time
 import numpy
 import psutil
 import pytest
-from helpers import as_lists, gone, shuffled_stream
+from helpers import as_lists, gone, shuffled_stream, use_inherited
 
 zmq = pytest.importorskip("zmq")
 
@@ -342,17 +342,6 @@ def test_a_share_whose_pipeline_is_not_per_batch_is_an_error_not_mixed_up():
             client.close()
 
 
-def _use_the_parent_s(client, epoch, writer):
-    """In a forked child: try the parent's client, then close it."""
-    try:
-        next(epoch)
-        writer.send("no error")
-    except Exception as exc:
-        writer.send(f"{type(exc).__name__}: {exc}")
-    client.close()
-    writer.close()
-
-
 def test_a_forked_child_cannot_use_its_parent_s_client():
     import multiprocessing
     fork = multiprocessing.get_context("fork")
@@ -362,7 +351,7 @@ def test_a_forked_child_cannot_use_its_parent_s_client():
             epoch = client.get_epoch_iterator()
             got = [next(epoch)]
             reader, writer = fork.Pipe(duplex=False)
-            child = fork.Process(target=_use_the_parent_s, args=(client, epoch, writer))
+            child = fork.Process(target=use_inherited, args=(client, epoch, writer))
             child.start()
             writer.close()
             assert reader.poll(20), "the child said nothing"

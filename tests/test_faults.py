@@ -10,7 +10,7 @@ import time
 
 import numpy
 import pytest
-from helpers import gone, sequential_stream
+from helpers import gone, sequential_stream, use_inherited
 
 from shmfuel import Prefetcher
 from shmfuel.exceptions import (
@@ -245,17 +245,6 @@ def test_views_are_numpy_arrays_after_faults():
         assert isinstance(first, numpy.ndarray) and list(first) == [0, 1]
 
 
-def _use_the_parent_s(prefetched, epoch, writer):
-    """In a forked child: try the parent's Prefetcher, then close it."""
-    try:
-        next(epoch)
-        writer.send("no error")
-    except Exception as exc:
-        writer.send(f"{type(exc).__name__}: {exc}")
-    prefetched.close()  # must not stop the parent's producers
-    writer.close()
-
-
 def test_a_forked_child_neither_takes_nor_stops_its_parent_s_batches():
     import multiprocessing
     fork = multiprocessing.get_context("fork")
@@ -263,7 +252,7 @@ def test_a_forked_child_neither_takes_nor_stops_its_parent_s_batches():
         epoch = prefetched.get_epoch_iterator()
         got = [list(next(epoch)[0])]
         reader, writer = fork.Pipe(duplex=False)
-        child = fork.Process(target=_use_the_parent_s, args=(prefetched, epoch, writer))
+        child = fork.Process(target=use_inherited, args=(prefetched, epoch, writer))
         child.start()
         writer.close()
         assert reader.poll(20), "the child said nothing"
