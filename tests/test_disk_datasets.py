@@ -117,6 +117,9 @@ class TestH5PYDataset:
     def test_bad_input(self, h5path, tmp_path):
         with pytest.raises(FileNotFoundError, match="no HDF5 file"):
             H5PYDataset(tmp_path / "missing.hdf5", which_sets=("train",))
+        numpy.save(tmp_path / "x.npy", numpy.arange(3))
+        with pytest.raises(OSError, match="x.npy is not an HDF5 file.*to_hdf5.*NpyDataset"):
+            H5PYDataset(tmp_path / "x.npy", which_sets=("train",))
         with pytest.raises(ValueError, match=r"which_sets must be a tuple .*\('train',\)"):
             H5PYDataset(h5path, which_sets="train")
         with pytest.raises(ValueError, match=r"no split\(s\) \['valid'\]"):

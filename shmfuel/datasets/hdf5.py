@@ -146,6 +146,10 @@ class H5PYDataset(Dataset):
                             f"{type(file_or_path).__name__}")
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"no HDF5 file at {self.path}")
+        if not h5py.is_hdf5(self.path):
+            raise OSError(f"{self.path} is not an HDF5 file (no HDF5 signature); "
+                          "write one with shmfuel.converters.to_hdf5, or read the "
+                          "data with another dataset (NpyDataset for .npy files)")
         if isinstance(which_sets, str) or not all(
                 isinstance(s, str) for s in which_sets):
             raise ValueError(f"which_sets must be a tuple of split names, "
