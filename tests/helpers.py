@@ -60,9 +60,7 @@ def shared_mapping_of(address):
     return None
 
 
-def use_inherited(stream, epoch, writer):
-    """In a forked child: try the parent's stream (a Prefetcher or a
-    client), tell the parent what happened, then close it."""
+def _use_inherited(stream, epoch, writer):
     try:
         next(epoch)
         writer.send("no error")
@@ -70,3 +68,20 @@ def use_inherited(stream, epoch, writer):
         writer.send(f"{type(exc).__name__}: {exc}")
     stream.close()
     writer.close()
+
+
+def ask_a_fork(stream, epoch):
+    """Fork a child that tries ``epoch`` (of the parent's ``stream``: a
+    Prefetcher or a client), then closes the stream; what it was told, and
+    its pid."""
+    import multiprocessing
+    fork = multiprocessing.get_context("fork")
+    reader, writer = fork.Pipe(duplex=False)
+    child = fork.Process(target=_use_inherited, args=(stream, epoch, writer))
+    child.start()
+    writer.close()
+    assert reader.poll(20), "the child said nothing"
+    message = reader.recv()
+    child.join(10)
+    assert child.exitcode == 0
+    return message, child.pid

@@ -14,7 +14,7 @@ import time
 import numpy
 import psutil
 import pytest
-from helpers import as_lists, gone, shuffled_stream, use_inherited
+from helpers import as_lists, ask_a_fork, gone, shuffled_stream
 
 zmq = pytest.importorskip("zmq")
 
@@ -343,27 +343,18 @@ def test_a_share_whose_pipeline_is_not_per_batch_is_an_error_not_mixed_up():
 
 
 def test_a_forked_child_cannot_use_its_parent_s_client():
-    import multiprocessing
-    fork = multiprocessing.get_context("fork")
     with Server("shuffled") as server:
         client = server.client(hwm=2)
         try:
             epoch = client.get_epoch_iterator()
             got = [next(epoch)]
-            reader, writer = fork.Pipe(duplex=False)
-            child = fork.Process(target=use_inherited, args=(client, epoch, writer))
-            child.start()
-            writer.close()
-            assert reader.poll(20), "the child said nothing"
-            message = reader.recv()
-            child.join(10)
-            assert child.exitcode == 0
+            message, child = ask_a_fork(client, epoch)
             got += list(epoch)
             again = as_lists(client.get_epoch_iterator())
         finally:
             client.close()
     assert message.startswith("ShmfuelError: this ServerDataStream was connected in "
-                              f"process {os.getpid()}; process {child.pid} is a fork")
+                              f"process {os.getpid()}; process {child} is a fork")
     expected = local_epochs(2)
     assert as_lists(got) == expected[0] and again == expected[1]
 

@@ -10,7 +10,7 @@ import time
 
 import numpy
 import pytest
-from helpers import gone, sequential_stream, use_inherited
+from helpers import ask_a_fork, gone, sequential_stream
 
 from shmfuel import Prefetcher
 from shmfuel.exceptions import (
@@ -246,23 +246,14 @@ def test_views_are_numpy_arrays_after_faults():
 
 
 def test_a_forked_child_neither_takes_nor_stops_its_parent_s_batches():
-    import multiprocessing
-    fork = multiprocessing.get_context("fork")
     with Prefetcher(sequential_stream(), hwm=4) as prefetched:
         epoch = prefetched.get_epoch_iterator()
         got = [list(next(epoch)[0])]
-        reader, writer = fork.Pipe(duplex=False)
-        child = fork.Process(target=use_inherited, args=(prefetched, epoch, writer))
-        child.start()
-        writer.close()
-        assert reader.poll(20), "the child said nothing"
-        message = reader.recv()
-        child.join(10)
-        assert child.exitcode == 0
+        message, child = ask_a_fork(prefetched, epoch)
         got += [list(x) for x, in epoch]
         # and the next epoch still runs: the producers were not stopped
         again = [list(x) for x, in prefetched.get_epoch_iterator()]
     assert message.startswith("ShmfuelError: this Prefetcher belongs to process "
-                              f"{os.getpid()}; process {child.pid} is a fork of it")
+                              f"{os.getpid()}; process {child} is a fork of it")
     expected = [[i, i + 1] for i in range(0, 20, 2)]
     assert got == expected and again == expected

@@ -22,6 +22,7 @@ import os
 import weakref
 from typing import Any
 
+from shmfuel import _forks
 from shmfuel.bridge import recv_parts, require_zmq, send_parts, wire
 from shmfuel.exceptions import RemoteTraceback, ShmfuelError
 from shmfuel.iterator import DataIterator
@@ -29,20 +30,6 @@ from shmfuel.streams import AbstractDataStream
 
 log = logging.getLogger("shmfuel.bridge")
 _BUNDLE_HEAD_SIZE = wire.BUNDLE_HEAD.size
-
-# connected clients, so that a forked child can be told that theirs are the
-# parent's (a ZeroMQ context does not survive a fork)
-_connected: weakref.WeakSet[ServerDataStream] = weakref.WeakSet()
-
-
-def _forked() -> None:
-    for client in list(_connected):
-        client._inherited()
-    _connected.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
 
 
 class BridgeTimeoutError(ShmfuelError, TimeoutError):
@@ -257,7 +244,7 @@ class ServerDataStream(AbstractDataStream):
         self._finalizer = weakref.finalize(self, _hang_up, self._zmq, self._context,
                                            self._connections)
         self._owner = os.getpid()
-        _connected.add(self)
+        _forks.own(self, ServerDataStream._inherited)
         try:
             metadata = []
             for connection in self._connections:
@@ -359,7 +346,7 @@ class ServerDataStream(AbstractDataStream):
         if not self.connected:
             return
         self.connected = False
-        _connected.discard(self)
+        _forks.disown(self)
         self._finalizer()
 
     def _inherited(self) -> None:

@@ -38,9 +38,9 @@ Interpreter exit without ``close()``
     wait for the producers forever.
 
 A fork of the consumer's process (``os.fork``, a forked worker)
-    A fork hook marks every live pool there as inherited: none of the
-    steps above runs in the child (closing or leaving does not stop the
-    parent's producers), and its consumer raises
+    A fork hook (``shmfuel._forks``) marks every live pool there as
+    inherited: none of the steps above runs in the child (closing or
+    leaving does not stop the parent's producers), and its consumer raises
     :class:`~shmfuel.exceptions.ShmfuelError` instead of reading the
     parent's ring.
 """
@@ -59,6 +59,7 @@ import warnings
 import weakref
 from typing import Any
 
+from shmfuel import _forks
 from shmfuel.prefetch import _payload, control, layout, producer, ring
 
 GRACE_S = 1.0
@@ -70,17 +71,6 @@ _atexit_registered = False
 def _at_exit() -> None:
     for pool in list(_live_pools):
         pool.shutdown()
-
-
-def _forked() -> None:
-    """In a forked child: every pool alive belongs to the parent."""
-    for pool in list(_live_pools):
-        pool.inherit()
-    _live_pools.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
 
 
 def _register_atexit() -> None:
@@ -168,6 +158,7 @@ class ProducerPool:
         self.owner = os.getpid()
         self.on_fork: Any = None  # the consumer's, called by inherit()
         _live_pools.add(self)
+        _forks.own(self, ProducerPool.inherit)
         try:
             with _payload.inherited(payload.kept):
                 self._start(context, payload, workers, slots, seed)
@@ -223,6 +214,7 @@ class ProducerPool:
         sockets stay open: a forked producer closes their descriptors by
         number, which must not have been reused by then."""
         self.closed = True
+        _live_pools.discard(self)
         if self.on_fork is not None:
             self.on_fork()
 
@@ -232,6 +224,7 @@ class ProducerPool:
             return
         self.closed = True
         _live_pools.discard(self)
+        _forks.disown(self)
         stop = layout.encode_message(layout.MSG_STOP)
         for sock in self.sockets:
             try:
