@@ -236,6 +236,26 @@ def test_layouts_changing_from_batch_to_batch_arrive_intact():
                 assert b.dtype == want_b.dtype and b.tolist() == want_b.tolist()
 
 
+def byte_orders(data):
+    # the same shape in every slot; the dtype alternates between two
+    # that compare unequal and one that is equal to the first but another
+    # object (with metadata)
+    i = int(data[0][0])
+    dtype = [numpy.dtype("<f4"), numpy.dtype(">f4"),
+             numpy.dtype("<f4", metadata={"i": i})][i % 3]
+    return ((numpy.arange(4) + i).astype(dtype),)
+
+
+def test_a_batch_of_the_slots_shape_but_another_dtype_keeps_its_dtype():
+    stream = Mapping(sequential_stream(n=30, batch_size=1), byte_orders)
+    with Prefetcher(stream, hwm=2) as prefetched:
+        got = [x for x, in prefetched.get_epoch_iterator()]
+    assert len(got) == 30
+    for i, x in enumerate(got):
+        assert x.dtype.str == ("<f4", ">f4", "<f4")[i % 3]
+        assert x.tolist() == [i, i + 1, i + 2, i + 3]
+
+
 def mixed(data):
     i = int(data[0][0])
     return ([f"s{i}"] * (i % 3), numpy.array([[i], [i, i]], dtype=object),

@@ -235,7 +235,7 @@ class Prefetcher(AbstractDataStream):
                        "max": float(waits.max())},
             "producer_busy_s": [c.busy_ns / 1e9 for c in consumer.channels],
             "ring": {"slots": self.hwm,
-                     "ready": sum(sum(kind == 1 for kind, _ in c.inbox)
+                     "ready": sum(sum(message[0] == 1 for message in c.inbox)
                                   for c in consumer.channels),
                      "held": sum(c.held for c in consumer.channels)},
             "time_to_first_batch_s": consumer.first_batch_s,

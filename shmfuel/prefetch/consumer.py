@@ -2,7 +2,8 @@
 
 Data flow, in the training process::
 
-    control page of w    -> MSG_READY / MSG_END / MSG_ERROR: inbox[w]
+    control page of w    -> MSG_READY / MSG_END / MSG_ERROR: inbox[w], as
+                            they are (kind, a, b, layout id, busy ns)
     socket of producer w -> MSG_SEGMENT: map the new segment of a slot
                             (before the MSG_READY naming its size), an
                             error's payload, MSG_WAKE; with no control
@@ -68,7 +69,6 @@ class Channel:
         self.control = (None if page is None
                         else control.ControlPage(page, slots))
         self.sizes = [0] * slots  # of each slot's segment
-        self.announced = [0] * slots  # layout id of each slot's batch
         self.errors: collections.deque[bytes] = collections.deque()
         self.sock = sock
         self.process = process
@@ -83,7 +83,11 @@ class Channel:
         self.free_refs = [0] * slots  # refcount of an owner nobody else holds
         self.free_messages = [layout.encode_message(layout.MSG_FREE, slot)
                               for slot in range(slots)]
-        self.inbox: collections.deque[tuple[int, Any]] = collections.deque()
+        # messages in order: (kind, a, b, layout id, busy ns), as a control
+        # page gives them (see ``control``); a MSG_READY's a is its slot and
+        # b the size of the slot's segment
+        self.inbox: collections.deque[tuple[int, int, Any, int, int]] = (
+            collections.deque())
         self.pending = _EMPTY
         self.fds: collections.deque[int] = collections.deque()
         self.held = 0
@@ -130,24 +134,32 @@ class Consumer:
 
     # -- receiving -----------------------------------------------------------
     def _receive(self, channel: Channel) -> None:
-        """Move what ``channel``'s producer sent into its inbox."""
+        """Move what ``channel``'s producer sent into its inbox.
+
+        Messages from the control page go in as they are: what they need
+        from the socket (a new segment, an error's payload) is received
+        when they are taken (see ``_segment`` and ``_error_payload``).
+        """
         page = channel.control
         if page is None:
             self._receive_socket(channel)
             return
-        inbox = channel.inbox
-        for kind, slot, value, layout_id, busy_ns in page.pop_messages():
-            if kind == _READY:
-                if channel.sizes[slot] != value:  # MSG_SEGMENT came first
-                    self._sync(channel, lambda s=slot, v=value: channel.sizes[s] == v)
-                channel.announced[slot] = layout_id
-                channel.busy_ns = busy_ns
-                inbox.append((kind, slot))
-            elif kind == layout.MSG_ERROR:  # its payload came first
-                self._sync(channel, lambda: bool(channel.errors))
-                inbox.append((kind, channel.errors.popleft()))
-            else:
-                inbox.append((kind, value))
+        messages = page.pop_messages()
+        if messages:
+            channel.inbox.extend(messages)
+
+    def _segment(self, channel: Channel, slot: int, size: int) -> None:
+        """Receive the segment of ``size`` bytes that a MSG_SEGMENT sent on
+        the socket before the control page's MSG_READY for ``slot``."""
+        self._sync(channel, lambda: channel.sizes[slot] == size)
+
+    def _error_payload(self, channel: Channel, value: Any) -> bytes:
+        """The payload of a MSG_ERROR: in the message (socket), or sent on
+        the socket before the control page's MSG_ERROR."""
+        if channel.control is None:
+            return value  # type: ignore[no-any-return]
+        self._sync(channel, lambda: bool(channel.errors))
+        return channel.errors.popleft()
 
     def _sync(self, channel: Channel, done: Any) -> None:
         """Receive from ``channel``'s socket until ``done()``."""
@@ -191,13 +203,13 @@ class Consumer:
                 channel.base_refs = getrefcount(channel.owners[slot])
                 channel.free_refs[slot] = channel.base_refs
             elif kind == layout.MSG_READY:
-                channel.inbox.append((kind, slot))
+                channel.inbox.append((kind, slot, channel.sizes[slot], 0, 0))
             elif kind == layout.MSG_WAKE:
                 pass
             elif kind == layout.MSG_ERROR and channel.control is not None:
                 channel.errors.append(value)
             else:
-                channel.inbox.append((kind, value))
+                channel.inbox.append((kind, slot, value, 0, 0))
 
     def _died(self, channel: Channel) -> None:
         process = channel.process
@@ -266,7 +278,7 @@ class Consumer:
             if other is not channel or not channel.inbox:
                 self._died(other)
 
-    def _take(self, channel: Channel) -> tuple[int, Any]:
+    def _take(self, channel: Channel) -> tuple[int, int, Any, int, int]:
         deadline = (None if self.timeout is None
                     else time.monotonic() + self.timeout)
         while not channel.inbox:
@@ -289,21 +301,27 @@ class Consumer:
         CPython builds with a GIL that shmfuel supports.)
         """
         for channel in self.channels:
-            if not channel.viewed:
+            viewed = channel.viewed
+            if not viewed:
                 continue
             owners, free_refs = channel.owners, channel.free_refs
-            out = []
-            for slot in channel.viewed:
+            out, released = [], []
+            for slot in viewed:
                 if getrefcount(owners[slot]) > free_refs[slot]:
                     out.append(slot)
-                elif self.pinning is not None:
-                    self.in_flight.append((self.pinning.record(),
-                                           channel.worker, slot))
                 else:
-                    channel.held -= 1
-                    channel.to_free.append(slot)
-                    self.to_free += 1
+                    released.append(slot)
+            if not released:
+                continue
             channel.viewed = out
+            if self.pinning is not None:
+                event = self.pinning.record()  # one event serves them all
+                self.in_flight.extend([(event, channel.worker, slot)
+                                       for slot in released])
+            else:
+                channel.held -= len(released)
+                channel.to_free.extend(released)
+                self.to_free += len(released)
         if self.in_flight:
             still = []
             for event, worker, slot in self.in_flight:
@@ -333,8 +351,10 @@ class Consumer:
     def _flush(self) -> None:
         self.to_free = 0
         for channel in self.channels:
+            if not channel.to_free:
+                continue
             page = channel.control
-            if page is not None and channel.to_free:
+            if page is not None:
                 page.push_frees(channel.to_free)
                 channel.to_free = []
                 if page.needs_waking(control.PRODUCER_ASLEEP):
@@ -342,7 +362,7 @@ class Consumer:
                         channel.sock.send(_WAKE)
                     except OSError:
                         pass
-            elif channel.to_free:
+            else:
                 messages = channel.free_messages
                 message = b"".join([messages[s] for s in channel.to_free])
                 channel.to_free = []
@@ -403,11 +423,11 @@ class Consumer:
     def _skip_to_end(self, channel: Channel, epoch: int,
                      strict: bool = False) -> None:
         while True:
-            kind, value = self._take(channel)
+            kind, slot, value, _, _ = self._take(channel)
             if kind == layout.MSG_END:
                 return
             if kind == layout.MSG_ERROR:
-                self._raise_remote(value)
+                self._raise_remote(self._error_payload(channel, value))
             if strict:
                 exc = ShmfuelError(
                     f"producer {channel.worker} still had batches when epoch "
@@ -415,7 +435,7 @@ class Consumer:
                     "item must come from one request); use workers=1")
                 self._break(exc)
                 raise exc
-            channel.to_free.append(value)
+            channel.to_free.append(slot)
             self.to_free += 1
 
     def _raise_remote(self, payload: bytes) -> None:
@@ -446,19 +466,22 @@ class Consumer:
             self._collect()
         channel = self.channels[position % self.n_channels]
         if channel.inbox:
-            kind, slot = channel.inbox.popleft()
+            kind, slot, size, layout_id, busy_ns = channel.inbox.popleft()
         else:
             started = perf_counter()
-            kind, slot = self._take(channel)
+            kind, slot, size, layout_id, busy_ns = self._take(channel)
             self.waits.append(perf_counter() - started)
         if kind != _READY:
-            self._end_of_epoch(channel, kind, slot, epoch)
+            self._end_of_epoch(channel, kind, size, epoch)
+        if channel.sizes[slot] != size:  # its MSG_SEGMENT is still on the way
+            self._segment(channel, slot, size)
+        channel.busy_ns = busy_ns
         self.position = position + 1
         self.delivered += 1
         cached = channel.templates[slot]
-        if cached is None or not cached[3] or (
-                cached[3] != channel.announced[slot]):
-            cached = self._layout(channel, slot)  # read the slot's header
+        if cached is None or not layout_id or cached[3] != layout_id:
+            # read the slot's header
+            cached = self._layout(channel, slot, layout_id)
         specs = cached[0]
         if channel.held >= channel.max_held:  # copy=True, or hoarding
             return self._finish(self._copy_out(channel, slot,
@@ -489,14 +512,14 @@ class Consumer:
             self.to_free += 1
         return self._finish(tuple(values))
 
-    def _layout(self, channel: Channel, slot: int) -> Any:
-        """Read the slot's header; update its templates if its layout changed."""
+    def _layout(self, channel: Channel, slot: int, layout_id: int) -> Any:
+        """Read the slot's header; update its templates if its layout
+        changed, and remember ``layout_id`` (0: none) as theirs."""
         cached = channel.templates[slot]
         specs = self._read_header(channel, slot)
         if cached is None or cached[0] is not specs:
             cached = self._templates(channel, slot, channel.owners[slot], specs)
-        cached = channel.templates[slot] = (
-            cached[:3] + (channel.announced[slot],))
+        cached = channel.templates[slot] = cached[:3] + (layout_id,)
         return cached
 
     def _read_header(self, channel: Channel, slot: int) -> Any:
@@ -545,7 +568,7 @@ class Consumer:
                       epoch: int) -> None:
         """Raise what a non-batch message means: the error, or the end."""
         if kind == layout.MSG_ERROR:
-            self._raise_remote(value)
+            self._raise_remote(self._error_payload(channel, value))
         self.epoch_done = True
         for other in self.channels:
             if other is not channel:

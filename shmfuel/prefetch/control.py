@@ -154,6 +154,9 @@ class ControlPage:
         self.slots = slots
         self.capacity = slots + SPARE
         self.frees_at = ENTRIES + self.capacity * ENTRY
+        # the frees queue as u32 items (one indexed store or load each)
+        self.frees = memoryview(buffer)[
+            self.frees_at:self.frees_at + slots * SLOT.size].cast("I")
         # each side's own counters, mirrored here
         self.messages_read = words[MESSAGES_READ]
         self.messages_written = self.messages_read + sum(
@@ -212,28 +215,30 @@ class ControlPage:
 
     # -- consumer -> producer ----------------------------------------------
     def push_frees(self, slots: list[int]) -> None:
-        buffer, written, capacity = self.buffer, self.frees_written, self.slots
+        frees, written, capacity = self.frees, self.frees_written, self.slots
         if written + len(slots) - self.seen_frees_read > capacity:
             self.seen_frees_read = self.words[FREES_READ]
-        if written + len(slots) - self.seen_frees_read > capacity:
-            raise ValueError("more slots freed than the producer has: a "
-                             "slot was freed twice")
+            if written + len(slots) - self.seen_frees_read > capacity:
+                raise ValueError("more slots freed than the producer has: "
+                                 "a slot was freed twice")
         for slot in slots:
-            SLOT.pack_into(buffer, self.frees_at + written % capacity * 4,
-                           slot)
+            frees[written % capacity] = slot
             written += 1
         self.frees_written = self.words[FREES_WRITTEN] = written
 
     def pop_frees(self) -> list[int]:
-        buffer, read = self.buffer, self.frees_read
+        read = self.frees_read
         written = self.words[FREES_WRITTEN]
         if written == read:
             return []
-        capacity, at, unpack = self.slots, self.frees_at, SLOT.unpack_from
-        frees = [unpack(buffer, at + n % capacity * 4)[0]
-                 for n in range(read, written)]
+        capacity, frees = self.slots, self.frees
+        start, end = read % capacity, written % capacity
+        if start < end:
+            popped = frees[start:end].tolist()
+        else:  # wrapped around (or every slot at once)
+            popped = frees[start:].tolist() + frees[:end].tolist()
         self.frees_read = self.words[FREES_READ] = written
-        return frees
+        return popped
 
     def frees_waiting(self) -> bool:
         return bool(self.words[FREES_WRITTEN] != self.frees_read)

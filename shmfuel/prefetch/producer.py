@@ -87,6 +87,9 @@ class Producer:
         self.burst = max(1, min(16, slots // 4))
         self.seed: int | None = None
         self.headers: list[bytes | None] = [None] * slots  # last layout
+        # per slot, the layout its header holds now, for the fast path of
+        # write: (dtypes, shapes, layout id, mapping, target views)
+        self.last: list[Any] = [None] * slots
         self.ready_messages = [layout.encode_message(layout.MSG_READY, slot)
                                for slot in range(slots)]
         self.layouts = 0  # layout ids handed out
@@ -206,6 +209,7 @@ class Producer:
                 os.close(fd)
             self.views[slot] = {}
             self.headers[slot] = None
+            self.last[slot] = None
             if self.maps[slot] is not None:
                 try:
                     self.maps[slot].close()
@@ -220,8 +224,30 @@ class Producer:
 
         Batches whose sources are plain arrays of the same dtypes and
         shapes as an earlier one in this slot reuse its plan, header and
-        target views: only the stamp and the data are written.
+        target views: only the data is written, and the header's stamp
+        (sequence number, epoch, busy ns) where no control page carries
+        them in the MSG_READY. The batch most often has the very layout the
+        slot's header already holds (same dtype objects, same shapes): that
+        is checked first, without hashing anything.
         """
+        last = self.last[slot]
+        if last is not None:
+            dtypes, shapes, layout_id, mapping, targets = last
+            for value, dtype, shape in zip(batch, dtypes, shapes):
+                if (type(value) is not _ndarray or value.dtype is not dtype
+                        or value.shape != shape):
+                    break
+            else:
+                if self.control is None:  # else the message carries them
+                    _STAMP_INTO(mapping, _STAMP_OFFSET, seq, epoch,
+                                self.busy_ns)
+                for target, value in zip(targets, batch):
+                    target[...] = value
+                return layout_id
+        return self._write(slot, batch, seq, epoch)
+
+    def _write(self, slot: int, batch: Any, seq: int, epoch: int) -> int:
+        """``write`` for a batch whose layout differs from the slot's."""
         sig = []  # (dtype, shape) per source, if all are raw arrays
         for value in batch:  # layout.is_raw_array, inlined: the hot path
             if type(value) is not _ndarray:
@@ -241,6 +267,9 @@ class Producer:
             else:
                 layout.stamp(mapping, header, seq, epoch, self.busy_ns)
                 self.headers[slot] = header
+            self.last[slot] = (tuple([dtype for dtype, _ in key]),
+                               tuple([shape for _, shape in key]),
+                               layout_id, mapping, targets)
             # the signature matched, so dtypes and shapes are equal: a plain
             # copy (item assignment costs a third of numpy.copyto here)
             for target, value in zip(targets, batch):
@@ -249,7 +278,7 @@ class Producer:
         # something to pickle: plan this batch afresh
         plan = layout.plan_batch(batch, seq, epoch, self.busy_ns)
         layout.write_batch(self.ensure(slot, plan.size), plan)
-        self.headers[slot] = None
+        self.headers[slot] = self.last[slot] = None
         return 0
 
     def _plan(self, slot: int, key: tuple[Any, ...], batch: Any) -> Any:
@@ -272,22 +301,16 @@ class Producer:
         result = self.views[slot][key] = (header, layout_id, mapping, targets)
         return result
 
-    def ready(self, slot: int, slow: bool, layout_id: int = 0) -> None:
-        """Publish a slot: on the control page at once, or over the socket
-        in bursts (a fast pipeline's READYs a quarter of the ring at a time,
-        one system call; a slow pipeline's at once; all pending ones before
-        this producer waits for anything).
+    def ready(self, slot: int, slow: bool) -> None:
+        """Publish a slot over the socket (no control page), in bursts: a
+        fast pipeline's READYs a quarter of the ring at a time, one system
+        call; a slow pipeline's at once; all pending ones before this
+        producer waits for anything. (With a control page, ``produce``
+        pushes each MSG_READY onto it at once.)
         """
-        page = self.control
-        if page is None:
-            self.pending.append(self.ready_messages[slot])
-            if slow or len(self.pending) >= self.burst:
-                self.flush()
-            return
-        size, busy_ns = self.capacity[slot], self.busy_ns
-        pushed = page.push_message(_READY, slot, size, layout_id, busy_ns)
-        if pushed != control.PUSHED:
-            self._settle(pushed, (_READY, slot, size, layout_id, busy_ns))
+        self.pending.append(self.ready_messages[slot])
+        if slow or len(self.pending) >= self.burst:
+            self.flush()
 
     def flush(self) -> None:
         if self.pending:
@@ -319,10 +342,12 @@ class Producer:
         n_sources = len(sources)
         clock = time.perf_counter_ns
         epoch = 0
-        slow_ns = 20_000  # a pipeline step slower than this is "slow"
+        slow_ns = 20_000  # a batch that takes longer to make (and write
+        # the one before) is "slow"
         # the loop's hot names, looked up once (free is never rebound)
         free, page, seed = self.free, self.control, self.seed
-        write, ready = self.write, self.ready
+        write, ready, capacity = self.write, self.ready, self.capacity
+        push = None if page is None else page.push_message
         while True:
             self.flush()
             while epoch > self.consumer_epoch + 1:
@@ -359,9 +384,12 @@ class Producer:
                     _check_batch(batch, sources)
                 if requests is not None and requests.taken != seq + 1:
                     check_per_batch(requests, seq + 1)
+                # one clock per batch: from one batch's return from the
+                # pipeline to the next's (writing and publishing the one
+                # before included), waits for a free slot left out
                 made = clock()
                 last_ns = made - started
-                waited = 0
+                self.busy_ns += last_ns
                 if free:
                     slot = free.popleft()
                 elif page is not None and page.frees_waiting():
@@ -373,13 +401,18 @@ class Producer:
                     if acquired is None:
                         break
                     slot = acquired
-                    waited = clock() - made
+                    made = clock()
                 layout_id = write(slot, batch, seq, epoch)
-                ready(slot, last_ns >= slow_ns, layout_id)
+                if push is not None:
+                    pushed = push(_READY, slot, capacity[slot], layout_id,
+                                  self.busy_ns)
+                    if pushed != control.PUSHED:
+                        self._settle(pushed, (_READY, slot, capacity[slot],
+                                              layout_id, self.busy_ns))
+                else:
+                    ready(slot, last_ns >= slow_ns)
                 seq += 1
-                now = clock()
-                self.busy_ns += now - started - waited
-                started = now
+                started = made
             self.flush()
             self.publish(layout.MSG_END, 0, epoch)
             epoch += 1
