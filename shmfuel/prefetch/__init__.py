@@ -190,7 +190,10 @@ class Prefetcher(AbstractDataStream):
 
     def close(self) -> None:
         """Stop the producers. Idempotent; views handed out stay valid."""
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            self._consumer.broken = ClosedError(
+                "this Prefetcher is closed; make a new one")
         self._finalizer()
 
     def __enter__(self) -> Prefetcher:
@@ -248,17 +251,16 @@ class _EpochIterator:
         self.prefetcher = prefetcher
         self.epoch = epoch
         self.as_dict = as_dict
+        # raises ClosedError once the Prefetcher is closed
+        self.next_batch = prefetcher._consumer.next_batch
 
     def __iter__(self) -> _EpochIterator:
         return self
 
     def __next__(self) -> Any:
-        prefetcher = self.prefetcher
-        if prefetcher._closed:
-            raise ClosedError("this Prefetcher is closed; make a new one")
-        values = prefetcher._consumer.next_batch(self.epoch)
+        values = self.next_batch(self.epoch)
         if self.as_dict:
-            return dict(zip(prefetcher._sources, values))
+            return dict(zip(self.prefetcher._sources, values))
         return values
 
 

@@ -122,7 +122,7 @@ class Consumer:
         # stats
         self.started = time.perf_counter()
         self.first_batch_s: float | None = None
-        self.delivered = 0
+        self.earlier = 0  # batches delivered in the epochs before
         self.copied = 0
         self.waits = array.array("d")
         self.specs: dict[bytes, Any] = {}
@@ -387,6 +387,10 @@ class Consumer:
             "ring and producers serve the parent). Make a Prefetcher in this "
             "process instead")
 
+    @property
+    def delivered(self) -> int:
+        return self.earlier + self.position
+
     def release(self) -> None:
         """Stop the producers and un-pin the slots. Idempotent."""
         self.pool.shutdown()
@@ -407,6 +411,7 @@ class Consumer:
         self.check()
         abandoned = None if self.epoch_done else self.epoch
         self.epoch += 1
+        self.earlier += self.position
         self.position = 0
         self.epoch_done = False
         start = layout.encode_message(layout.MSG_START, 0, self.epoch)
@@ -477,7 +482,6 @@ class Consumer:
             self._segment(channel, slot, size)
         channel.busy_ns = busy_ns
         self.position = position + 1
-        self.delivered += 1
         cached = channel.templates[slot]
         if cached is None or not layout_id or cached[3] != layout_id:
             # read the slot's header

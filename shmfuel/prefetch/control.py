@@ -44,9 +44,11 @@ its "asleep" flag, looks once more, and blocks on its socket (and the
 producers' sentinels). The other side, after writing, sends MSG_WAKE over
 the socket if it finds the flag set. Each side's flag store is followed by
 a full memory barrier (a lock operation) before it looks again; the
-writer's store-then-look has none (it would cost every batch), so a wake
-may rarely be missed: blocking is therefore always bounded (``BACKSTOP_S``,
-doubling up to ``BACKSTOP_MAX_S``) and the queue looked at again.
+consumer's store-then-look, once per burst of frees, has one too; the
+producer's, after every message, has none (it would cost every batch), so
+a consumer's wake may rarely be missed: blocking is therefore always
+bounded (``BACKSTOP_S``, doubling up to ``BACKSTOP_MAX_S``) and the queue
+looked at again.
 
 Writes must become visible in program order (data before the number or
 counter that publishes it), which x86 guarantees; elsewhere (ARM, POWER) Python offers no
@@ -254,7 +256,11 @@ class ControlPage:
         self.words[flag] = 0
 
     def needs_waking(self, flag: int) -> bool:
-        """Whether the other side sleeps (its flag, cleared here if set)."""
+        """Whether the other side sleeps (its flag, cleared here if set).
+
+        After a barrier: what the caller wrote is seen before the flag is
+        read (see the module doc)."""
+        barrier()
         words = self.words
         if words[flag]:
             words[flag] = 0
