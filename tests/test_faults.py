@@ -257,3 +257,32 @@ def test_a_forked_child_neither_takes_nor_stops_its_parent_s_batches():
                               f"{os.getpid()}; process {child} is a fork of it")
     expected = [[i, i + 1] for i in range(0, 20, 2)]
     assert got == expected and again == expected
+
+
+@pytest.mark.parametrize("psutil", ["psutil", "no psutil"])
+def test_producers_tell_a_live_consumer_from_an_exited_one(monkeypatch, psutil):
+    from shmfuel.prefetch.producer import _consumer_alive
+    if psutil == "no psutil":
+        monkeypatch.setitem(sys.modules, "psutil", None)  # import fails
+    assert _consumer_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 20
+        with open(f"/proc/{child.pid}/stat", "rb") as stat:
+            while stat.read().rsplit(b") ", 1)[1][:1] != b"Z":  # not reaped
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+                stat.seek(0)
+        assert not _consumer_alive(child.pid)
+    finally:
+        child.wait()
+    assert not _consumer_alive(child.pid)
+
+
+def test_a_consumer_slow_to_start_keeps_its_producers_without_psutil(monkeypatch):
+    # producers check that their consumer lives after POLL_S without a word
+    # from it; an interpreter without psutil must not make that check fail
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    with Prefetcher(sequential_stream(n=4, batch_size=1), hwm=1) as stream:
+        time.sleep(1.2)
+        assert [int(x[0]) for x, in stream.get_epoch_iterator()] == [0, 1, 2, 3]

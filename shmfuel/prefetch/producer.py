@@ -60,10 +60,29 @@ def _consumer_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid``, which exists, has exited (and not been reaped).
+
+    A consumer that could not be asked is taken to be alive: stopping its
+    producers for nothing would end its epoch with ProducerDiedError.
+    """
     try:
         import psutil
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except Exception:
+    except ImportError:  # a dependency, but an interpreter may lack it
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                # "pid (name) state ...", where the name may hold ") "
+                return stat.read().rsplit(b") ", 1)[1][:1] == b"Z"
+        except (OSError, IndexError):
+            return False
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
         return False
 
 
