@@ -407,6 +407,16 @@ def test_server_arguments_are_checked_before_it_binds(kwargs, message):
         start_server(shuffled_stream(), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"allow_pickle": "False"}, "allow_pickle must be True or False, got 'False'"),
+    ({"heartbeat": "1"}, "heartbeat must be a number of seconds, got '1'"),
+])
+def test_server_flags_and_times_are_not_read_as_truthy(kwargs, message):
+    from shmfuel.server import start_server
+    with pytest.raises(TypeError, match=message):
+        start_server(shuffled_stream(), **kwargs)
+
+
 def test_client_arguments_and_pickling():
     with pytest.raises(TypeError, match="tuple of names"):
         ServerDataStream("features")
@@ -427,6 +437,12 @@ def test_client_arguments_and_pickling():
         ServerDataStream(("x",), servers=[])
     with pytest.raises(ValueError, match="at least one source"):
         ServerDataStream(())
+    with pytest.raises(TypeError, match="allow_pickle must be True or False, got 'False'"):
+        ServerDataStream(("x",), allow_pickle="False")
+    with pytest.raises(TypeError, match="copy must be True or False, got 1"):
+        ServerDataStream(("x",), copy=1)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds, got '30'"):
+        ServerDataStream(("x",), timeout="30")
     assert ServerDataStream(("x",), servers=[("::1", "5557"), "[::1]:5558"]
                             ).addresses == [("::1", 5557), ("::1", 5558)]
     assert ServerDataStream(("x",), port=numpy.int64(5559)).addresses == [

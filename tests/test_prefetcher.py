@@ -412,6 +412,16 @@ def test_batches_are_announced_the_way_the_environment_says(ring_notify):
             assert 10 + 2 <= sum(page.messages_read for page in pages) <= 10 + 2 + 10
 
 
+def test_flags_take_numpy_bools_and_nothing_else():
+    with Prefetcher(sequential_stream(n=4, batch_size=2), copy=numpy.bool_(True)) as stream:
+        with pytest.raises(TypeError, match="as_dict must be True or False, got 1"):
+            stream.get_epoch_iterator(as_dict=1)
+        # the refused call started no epoch: this one is whole
+        batches = list(stream.get_epoch_iterator(as_dict=numpy.True_))
+        assert [b["x"].tolist() for b in batches] == [[0, 1], [2, 3]]
+        assert all(b["x"].base is None for b in batches)  # copies
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="hwm must be an int"):
         Prefetcher(sequential_stream(), hwm=2.5)
@@ -423,6 +433,11 @@ def test_bad_arguments():
         Prefetcher([1, 2, 3])
     with pytest.raises(ValueError, match="timeout must be positive"):
         Prefetcher(sequential_stream(), timeout=0)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None, got '5'"):
+        Prefetcher(sequential_stream(), timeout="5")
+    for name in ("copy", "pin_memory"):  # not read as truthy
+        with pytest.raises(TypeError, match=f"{name} must be True or False, got 'no'"):
+            Prefetcher(sequential_stream(), **{name: "no"})
     with pytest.raises(ValueError, match="start_method must be one of"):
         Prefetcher(sequential_stream(), start_method="thread")
     examples = DataStream(IndexableDataset({"x": [1, 2]}),

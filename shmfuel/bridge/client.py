@@ -23,6 +23,7 @@ import weakref
 from typing import Any
 
 from shmfuel import _forks
+from shmfuel._checks import flag, seconds
 from shmfuel.bridge import recv_parts, require_zmq, send_parts, wire
 from shmfuel.exceptions import RemoteTraceback, ShmfuelError
 from shmfuel.iterator import DataIterator
@@ -206,8 +207,9 @@ class ServerDataStream(AbstractDataStream):
                              "or leave it out and use host= and port=")
         if hwm < 1:
             raise ValueError(f"hwm must be at least 1, got {hwm}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        timeout = seconds("timeout", timeout)
+        allow_pickle = flag("allow_pickle", allow_pickle)
+        copy = flag("copy", copy)
         super().__init__(axis_labels=axis_labels)
         self._sources = tuple(sources)
         self._given_examples = produces_examples
@@ -383,6 +385,7 @@ class ServerDataStream(AbstractDataStream):
 
     def get_epoch_iterator(self, as_dict: bool = False) -> Any:
         """Start the next epoch on every server; skip the rest of this one."""
+        as_dict = flag("as_dict", as_dict)
         if self._broken is not None:
             raise self._broken
         self.connect()

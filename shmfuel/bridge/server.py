@@ -48,6 +48,7 @@ import time
 import traceback
 from typing import Any
 
+from shmfuel._checks import flag, seconds
 from shmfuel._refcounts import check_build
 from shmfuel.bridge import SendBuffers, recv_parts, require_zmq, send_parts, wire
 from shmfuel.prefetch.sharding import per_batch
@@ -185,8 +186,8 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
         from shmfuel.prefetch.sharding import shard as shard_stream
         data_stream = pickle.loads(cloudpickle.dumps(data_stream))
         sharded = shard_stream(data_stream, k, n)
-    if heartbeat <= 0:
-        raise ValueError(f"heartbeat must be positive, got {heartbeat}")
+    heartbeat = seconds("heartbeat", heartbeat)
+    allow_pickle = flag("allow_pickle", allow_pickle)
     prefetcher = None
     if workers > 1:  # each producer then checks its own share
         sharded = None

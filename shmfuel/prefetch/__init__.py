@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy
 
+from shmfuel._checks import flag, seconds
 from shmfuel._refcounts import check_build
 from shmfuel.exceptions import ClosedError, ShmfuelError
 from shmfuel.prefetch._lifecycle import ProducerPool
@@ -124,8 +125,8 @@ class Prefetcher(AbstractDataStream):
         if hwm < workers:
             raise ValueError(f"hwm must be at least workers ({workers}) so "
                              f"that every producer has a slot, got {hwm}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive or None, got {timeout}")
+        timeout = seconds("timeout", timeout, optional=True)
+        copy, pin_memory = flag("copy", copy), flag("pin_memory", pin_memory)
         if not isinstance(data_stream, AbstractDataStream):
             raise TypeError("Prefetcher wraps a data stream (an "
                             "AbstractDataStream), got "
@@ -173,6 +174,7 @@ class Prefetcher(AbstractDataStream):
     def get_epoch_iterator(self, as_dict: bool = False) -> Iterator[Any]:
         """A new epoch; what is left of the previous one is skipped."""
         self._check_open()
+        as_dict = flag("as_dict", as_dict)
         epoch = self._consumer.start_epoch()
         return _EpochIterator(self, epoch, as_dict)
 
