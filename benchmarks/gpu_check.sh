@@ -17,8 +17,8 @@
 #
 # On an H100 with 16 CPUs (2026-11-26): gpu_idle --graph --rounds 3 took
 # 126 s, gpu_idle 105 s, launch_bound under a minute, the CUDA tests about
-# a minute, throughput at 512 B and 38.5 MB 27 s; starting the machine took
-# under a minute.
+# a minute, throughput at 512 B and 38.5 MB 27 s (3 rounds; it runs 5);
+# starting the machine took under a minute.
 #
 # Logs, JSON and the plot go to $OUT (default benchmarks/results). Wheels in
 # .whl/ (pyzmq for the bridge rows) are installed first when present.
@@ -78,7 +78,7 @@ step smoke "throughput --quick" 60 python3 benchmarks/throughput.py --quick \
 step benchmarks "bridge and benchmark tests" 150 python3 -m pytest -p no:cacheprovider \
     -v -rfE --tb=short tests/test_bridge.py tests/test_benchmarks.py
 step throughput "throughput, 512 B and 38.5 MB" 100 python3 benchmarks/throughput.py \
-    --sizes "512 B" "38.5 MB" --only memcpy "bare shm" Prefetcher pyzmq \
+    --sizes "512 B" "38.5 MB" --only memcpy "bare shm" Prefetcher pyzmq --repeat 5 \
     --out "$OUT/throughput_gpu_machine.json"
 step tests "the other tests" 150 python3 -m pytest -p no:cacheprovider -q -rfE --tb=short \
     --ignore=tests/test_cuda.py --ignore=tests/test_pinning.py \

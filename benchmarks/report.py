@@ -178,8 +178,11 @@ REPORTS = [
      "'512 B' --hwm 64 --only memcpy read ring Prefetcher pyzmq "
      "--out benchmarks/results/throughput_512B_hwm64.json", throughput_table),
     ("throughput_gpu_machine.json", "python benchmarks/throughput.py --sizes '512 B' "
-     "'38.5 MB' --only memcpy 'bare shm' Prefetcher pyzmq (in benchmarks/gpu_check.sh)",
+     "'38.5 MB' --only memcpy 'bare shm' Prefetcher pyzmq --repeat 5 "
+     "(in benchmarks/gpu_check.sh)",
      throughput_table),
+    ("throughput_gpu_machine_h100.json", "the same with 3 rounds, on the H100 machine, "
+     "before the per-batch work was cut", throughput_table),
     ("launch_bound_cuda.json", "python benchmarks/launch_bound.py", launch_bound_lines),
     ("scaling.json", "python benchmarks/scaling.py", scaling_lines),
     ("disk_datasets.json", "python benchmarks/disk_datasets.py", disk_table),

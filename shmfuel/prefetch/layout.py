@@ -8,6 +8,11 @@ A slot is one shared mapping. A batch is written into it as::
                              nbytes) tuple per source
     aligned    data          each source at a 64-byte aligned offset
 
+The stamp (seq, epoch, busy ns) is the batch's own where batches are
+announced over the socket; with a control page its MSG_READY carries the
+busy ns, and the slot keeps the stamp of the batch that last wrote its
+header (a batch of the same layout writes only its data).
+
 ``kind`` is ARRAY (raw C-ordered bytes of a plain ndarray with a
 fixed-size dtype; read back as a view) or PICKLED (anything else: lists,
 object or structured arrays, scalars, ndarray subclasses; read back equal
