@@ -173,6 +173,7 @@ REPORTS = [
      gpu_idle_table),
     ("gpu_idle_cuda_graph.json", "python benchmarks/gpu_idle.py --device cuda --graph "
      "--rounds 3 --plot", gpu_idle_table),
+    ("gpu_idle_cuda_graph_h200.json", "the same on an H200 machine", gpu_idle_table),
     ("throughput.json", "python benchmarks/throughput.py", throughput_table),
     ("throughput_512B_hwm64.json", "python benchmarks/throughput.py --sizes "
      "'512 B' --hwm 64 --only memcpy read ring Prefetcher pyzmq "
