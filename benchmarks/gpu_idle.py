@@ -582,7 +582,8 @@ def main() -> None:
              "-" if r["producer_cpu_ms_per_batch"] is None
              else f"{r['producer_cpu_ms_per_batch']:.1f}",
              f"{r['peak_shared_mb']:.0f}"] for name, r in results.items()]
-    title = (f"{args.device}{' (CUDA graph)' if args.graph else ''}: step "
+    where = f"{payload['gpu']}, " if "gpu" in payload else ""
+    title = (f"{where}{args.device}{' (CUDA graph)' if args.graph else ''}: step "
              f"{payload['step_ms']:.1f} ms"
              f"{f' ({gpu_ms:.1f} on the GPU)' if gpu_ms else ''}, augmentation "
              f"{augment_ms:.1f} ms/batch, batch {BATCH}, {args.steps} steps"
