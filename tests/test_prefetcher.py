@@ -626,6 +626,30 @@ def test_random_abandons_keep_every_epoch_exact(workers, hwm, seed):
             assert got == expected[e][:take]
 
 
+def uneven(data):
+    # batches of very different sizes, so slots keep growing (new segments)
+    x = data[0]
+    return (numpy.repeat(x, 1 + int(x.sum()) % 7 * 700, axis=0), data[1])
+
+
+@pytest.mark.parametrize("workers,hwm,seed", [(1, 2, 4), (2, 4, 5)])
+def test_random_abandons_of_growing_batches_keep_every_epoch_exact(workers, hwm, seed):
+    # a batch announced for a slot whose new segment is still on its way
+    # over the socket, skipped by an abandoned epoch or delivered
+    def stream():
+        return Mapping(shuffled_stream(n=50, batch_size=3), uneven)
+    rng = numpy.random.RandomState(seed)
+    epochs = 8
+    expected = serial_epochs(stream(), epochs)
+    with Prefetcher(stream(), hwm=hwm, workers=workers) as prefetched:
+        for e in range(epochs):
+            take = rng.randint(0, len(expected[e]) + 2)
+            epoch = prefetched.get_epoch_iterator()
+            got = as_lists(b for _, b in zip(range(take), epoch))
+            assert got == expected[e][:take]
+        assert prefetched.stats()["batches"] > 0
+
+
 def test_a_free_threaded_python_is_refused_with_the_fix(monkeypatch):
     import sysconfig
     real = sysconfig.get_config_var
