@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import random
 
 import pytest
 
@@ -56,6 +57,27 @@ def test_frees_arrive_in_order_and_a_double_free_is_refused():
     consumer.push_frees([0, 1, 2, 3])
     with pytest.raises(ValueError, match="freed twice"):
         consumer.push_frees([0])
+
+
+@pytest.mark.parametrize("slots", [1, 3, 16])
+def test_frees_of_every_burst_size_come_back_in_order(slots):
+    # bursts that end anywhere in the queue, wrapped around or not; a slot
+    # can be freed again once the producer has taken it back
+    producer, consumer = pages(slots=slots)
+    rng = random.Random(slots)
+    freeable, sent, got = list(range(slots)), [], []
+    for _ in range(500):
+        rng.shuffle(freeable)
+        cut = rng.randint(0, len(freeable))
+        burst, freeable = freeable[:cut], freeable[cut:]
+        consumer.push_frees(burst)
+        sent += burst
+        if rng.random() < 0.7:
+            popped = producer.pop_frees()
+            got += popped
+            freeable += popped
+    got += producer.pop_frees()
+    assert got == sent and len(sent) > 100
 
 
 def test_a_corrupt_message_number_is_an_error_not_garbage():
