@@ -12,6 +12,11 @@ from typing import Any
 import numpy
 
 
+def whole(value: Any) -> bool:
+    """Whether ``value`` is an int (numpy's too), and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def flag(name: str, value: Any) -> bool:
     """``value`` if it is a bool (numpy's too); else a TypeError naming
     ``name``."""

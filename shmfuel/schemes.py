@@ -7,13 +7,13 @@ uses the scheme up, and the iterators it returns pickle mid-epoch.
 
 from __future__ import annotations
 
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy
 
+from shmfuel._checks import whole
 from shmfuel._iterators import Chain, Chunks, Items, Repeat
 from shmfuel.config_parser import config
 
@@ -42,8 +42,7 @@ class BatchSizeScheme(IterationScheme):
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size,
-                                                       numbers.Integral):
+    if not whole(batch_size):
         raise TypeError(f"batch_size must be an int, got {batch_size!r}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -70,8 +69,7 @@ def _shuffled(indices: Any, rng: Any) -> Any:
 
 
 def _indices(examples: Any) -> Any:
-    if isinstance(examples, numbers.Integral) and not isinstance(examples,
-                                                                 bool):
+    if whole(examples):
         if examples < 0:
             raise ValueError(
                 f"the number of examples must not be negative, got {examples}")
@@ -142,8 +140,7 @@ class ConstantScheme(BatchSizeScheme):
         if num_examples is not None and times is not None:
             raise ValueError("give num_examples or times, not both")
         for name, value in (("num_examples", num_examples), ("times", times)):
-            if value is not None and (not isinstance(value, numbers.Integral)
-                                      or value < 0):
+            if value is not None and (not whole(value) or value < 0):
                 raise ValueError(
                     f"{name} must be a non-negative int, got {value!r}")
         self.batch_size = _check_batch_size(batch_size)

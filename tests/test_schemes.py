@@ -36,6 +36,9 @@ def test_constant_scheme_bad_input():
         ConstantScheme(0)
     with pytest.raises(TypeError, match="batch_size must be an int"):
         ConstantScheme(2.5)
+    with pytest.raises(ValueError, match="times must be a non-negative int, got True"):
+        ConstantScheme(2, times=True)  # a bool is not a count
+    assert len(list(ConstantScheme(2, times=numpy.int64(3)).get_request_iterator())) == 3
 
 
 def test_sequential_scheme():

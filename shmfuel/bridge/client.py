@@ -17,13 +17,12 @@ from __future__ import annotations
 import builtins
 import collections
 import logging
-import numbers
 import os
 import weakref
 from typing import Any
 
 from shmfuel import _forks
-from shmfuel._checks import flag, seconds
+from shmfuel._checks import flag, seconds, whole
 from shmfuel.bridge import recv_parts, require_zmq, send_parts, wire
 from shmfuel.exceptions import RemoteTraceback, ShmfuelError
 from shmfuel.iterator import DataIterator
@@ -133,8 +132,7 @@ def _address(host: Any, port: Any) -> tuple[str, int]:
         raise ValueError(f"a server's host must be a name or an address such "
                          f"as '127.0.0.1', got {host!r}")
     number = (int(port) if isinstance(port, str) and port.isdigit()
-              else int(port) if isinstance(port, numbers.Integral)
-              and not isinstance(port, bool) else 0)
+              else int(port) if whole(port) else 0)
     if not 0 < number < 65536:
         raise ValueError(f"a server's port must be a number from 1 to 65535 "
                          f"(the server's --port), got {port!r}")

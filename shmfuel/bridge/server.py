@@ -41,14 +41,13 @@ another thread is seen between batches.
 from __future__ import annotations
 
 import logging
-import numbers
 import signal
 import threading
 import time
 import traceback
 from typing import Any
 
-from shmfuel._checks import flag, seconds
+from shmfuel._checks import flag, seconds, whole
 from shmfuel._refcounts import check_build
 from shmfuel.bridge import SendBuffers, recv_parts, require_zmq, send_parts, wire
 from shmfuel.prefetch.sharding import per_batch
@@ -112,11 +111,6 @@ def _metadata(stream: Any, shard: tuple[int, int] | None,
             "allow_pickle": allow_pickle}
 
 
-def _whole(value: Any) -> bool:
-    """An int (numpy's too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
                  host: str = "127.0.0.1", *, workers: int = 1,
                  shard: tuple[int, int] | None = None,
@@ -163,14 +157,14 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
         Set once listening; checked to stop serving (for embedding).
 
     """
-    if not _whole(port) or not 0 <= port < 65536:
+    if not whole(port) or not 0 <= port < 65536:
         raise ValueError(f"port must be a number from 1 to 65535, or 0 for any "
                          f"free port, got {port!r}")
     if not isinstance(host, str) or not host.strip("[]"):
         raise ValueError(f"host must be an interface to bind, such as "
                          f"'127.0.0.1' or '0.0.0.0', got {host!r}")
     for name, value in (("workers", workers), ("hwm", hwm)):
-        if not _whole(value) or value < 1:
+        if not whole(value) or value < 1:
             raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
     zmq = require_zmq()
     check_build("the data server")

@@ -16,14 +16,13 @@ Prefetcher gives numpy arrays that are views of those slots. Module map:
 
 from __future__ import annotations
 
-import numbers
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import numpy
 
-from shmfuel._checks import flag, seconds
+from shmfuel._checks import flag, seconds, whole
 from shmfuel._refcounts import check_build
 from shmfuel.exceptions import ClosedError, ShmfuelError
 from shmfuel.prefetch._lifecycle import ProducerPool
@@ -117,8 +116,7 @@ class Prefetcher(AbstractDataStream):
                  pin_memory: bool = False, seed: int | None = None) -> None:
         check_build("the Prefetcher")
         for name, value in (("hwm", hwm), ("workers", workers)):
-            if isinstance(value, bool) or not isinstance(value,
-                                                         numbers.Integral):
+            if not whole(value):
                 raise TypeError(f"{name} must be an int, got {value!r}")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -146,8 +144,7 @@ class Prefetcher(AbstractDataStream):
         slots = _split(hwm, workers)
         self.hwm = hwm
         self.workers = workers
-        if seed is not None and (isinstance(seed, bool)
-                                 or not isinstance(seed, numbers.Integral)):
+        if seed is not None and not whole(seed):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
         self._pool = ProducerPool(data_stream, workers, slots, start_method,
                                   seed)
