@@ -472,10 +472,14 @@ class Consumer:
         channel = self.channels[position % self.n_channels]
         if channel.inbox:
             kind, slot, size, layout_id, busy_ns = channel.inbox.popleft()
-        else:
-            started = perf_counter()
-            kind, slot, size, layout_id, busy_ns = self._take(channel)
-            self.waits.append(perf_counter() - started)
+        else:  # the next message, if it is there, else wait for it
+            message = (None if channel.control is None
+                       else channel.control.pop_message())
+            if message is None:
+                started = perf_counter()
+                message = self._take(channel)
+                self.waits.append(perf_counter() - started)
+            kind, slot, size, layout_id, busy_ns = message
         if kind != _READY:
             self._end_of_epoch(channel, kind, size, epoch)
         if channel.sizes[slot] != size:  # its MSG_SEGMENT is still on the way

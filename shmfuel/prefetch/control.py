@@ -196,23 +196,25 @@ class ControlPage:
         return bool(self.words[(ENTRIES + read % self.capacity * ENTRY) >> 3]
                     == read + 1)
 
+    def pop_message(self) -> tuple[int, int, int, int, int] | None:
+        """The next message, or None if it is not written yet."""
+        read = self.messages_read
+        at = ENTRIES + read % self.capacity * ENTRY
+        number = self.words[at >> 3]
+        if number != read + 1:
+            if number and number != read + 1 - self.capacity:
+                raise ValueError(f"corrupt control page: message "
+                                 f"{number - 1} where {read} was due")
+            return None
+        message = MESSAGE.unpack_from(self.buffer, at + 8)
+        self.messages_read = self.words[MESSAGES_READ] = read + 1
+        return message
+
     def pop_messages(self) -> list[tuple[int, int, int, int, int]]:
         """Every message written and not yet read, in order."""
-        buffer, words, read = self.buffer, self.words, self.messages_read
-        capacity, unpack = self.capacity, MESSAGE.unpack_from
         messages = []
-        while True:
-            at = ENTRIES + read % capacity * ENTRY
-            number = words[at >> 3]
-            if number != read + 1:
-                if number and number != read + 1 - capacity:
-                    raise ValueError(f"corrupt control page: message "
-                                     f"{number - 1} where {read} was due")
-                break
-            messages.append(unpack(buffer, at + 8))
-            read += 1
-        if messages:
-            self.messages_read = words[MESSAGES_READ] = read
+        while (message := self.pop_message()) is not None:
+            messages.append(message)
         return messages
 
     # -- consumer -> producer ----------------------------------------------

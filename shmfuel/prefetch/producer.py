@@ -43,6 +43,8 @@ from shmfuel.prefetch import _payload, control, layout, ring
 from shmfuel.prefetch.sharding import ShardedScheme, check_per_batch, shard
 
 POLL_S = 0.5
+POLL_EVERY = 32  # batches between looks at the consumer's messages
+SLOW_NS = 20_000  # a batch slower than this is looked after one by one
 _ndarray = numpy.ndarray
 _STAMP_INTO, _STAMP_OFFSET = layout.STAMP.pack_into, layout.STAMP_OFFSET
 _WAKE = layout.encode_message(layout.MSG_WAKE)
@@ -106,8 +108,10 @@ class Producer:
         self.burst = max(1, min(16, slots // 4))
         self.seed: int | None = None
         self.headers: list[bytes | None] = [None] * slots  # last layout
-        # per slot, the layout its header holds now, for the fast path of
-        # write: (dtypes, shapes, layout id, mapping, target views)
+        # per slot, the layout its header holds now (dtypes, shapes, layout
+        # id, mapping, target views): a batch with that very layout (the
+        # same dtype objects, the same shapes) is copied in by ``produce``
+        # without hashing anything
         self.last: list[Any] = [None] * slots
         self.ready_messages = [layout.encode_message(layout.MSG_READY, slot)
                                for slot in range(slots)]
@@ -243,30 +247,10 @@ class Producer:
 
         Batches whose sources are plain arrays of the same dtypes and
         shapes as an earlier one in this slot reuse its plan, header and
-        target views: only the data is written, and the header's stamp
-        (sequence number, epoch, busy ns) where no control page carries
-        them in the MSG_READY. The batch most often has the very layout the
-        slot's header already holds (same dtype objects, same shapes): that
-        is checked first, without hashing anything.
+        target views: only the stamp and the data are written. (A batch
+        with the very layout the slot's header holds does not come here:
+        ``produce`` copies it in itself; see ``last``.)
         """
-        last = self.last[slot]
-        if last is not None:
-            dtypes, shapes, layout_id, mapping, targets = last
-            for value, dtype, shape in zip(batch, dtypes, shapes):
-                if (type(value) is not _ndarray or value.dtype is not dtype
-                        or value.shape != shape):
-                    break
-            else:
-                if self.control is None:  # else the message carries them
-                    _STAMP_INTO(mapping, _STAMP_OFFSET, seq, epoch,
-                                self.busy_ns)
-                for target, value in zip(targets, batch):
-                    target[...] = value
-                return layout_id
-        return self._write(slot, batch, seq, epoch)
-
-    def _write(self, slot: int, batch: Any, seq: int, epoch: int) -> int:
-        """``write`` for a batch whose layout differs from the slot's."""
         sig = []  # (dtype, shape) per source, if all are raw arrays
         for value in batch:  # layout.is_raw_array, inlined: the hot path
             if type(value) is not _ndarray:
@@ -361,54 +345,43 @@ class Producer:
         n_sources = len(sources)
         clock = time.perf_counter_ns
         epoch = 0
-        slow_ns = 20_000  # a batch that takes longer to make (and write
-        # the one before) is "slow"
+        # Batches are counted in windows: the clock is read, the consumer's
+        # messages looked at (a new epoch abandons this one) and the busy
+        # time added up once per window, which is POLL_EVERY batches while
+        # they take under SLOW_NS each (making one and writing it), and a
+        # single batch while they take longer.
         # the loop's hot names, looked up once (free is never rebound)
         free, page, seed = self.free, self.control, self.seed
         write, ready, capacity = self.write, self.ready, self.capacity
+        lasts = self.last
         push = None if page is None else page.push_message
+        pushed_ok = control.PUSHED
         while True:
             self.flush()
             while epoch > self.consumer_epoch + 1:
                 self.poll(POLL_S)
+            # made even for an epoch the consumer has left: a scheme draws
+            # its epoch's order here
             iterator = stream.get_epoch_iterator()
             # this epoch's share of requests, counted (its scheme's iterator
             # is made with the epoch's)
             requests = sharded.requests if sharded is not None else None
+            self.poll(0)
+            if self.consumer_epoch > epoch:  # left before it began
+                self.publish(layout.MSG_END, 0, epoch)
+                epoch += 1
+                continue
             seq = 0
-            last_ns = slow_ns
-            started = clock()  # busy from here, waits for a slot apart
-            while True:
-                # Look at the consumer's messages (a new epoch abandons this
-                # one) before every slow step, every 32 fast ones, and
-                # whenever no slot is free.
-                if last_ns >= slow_ns or not seq % 32 or (
-                        not free and page is None):
-                    self.poll(0)
-                    if self.consumer_epoch > epoch:
-                        break
-                    if last_ns >= slow_ns:
-                        self.flush()
-                if seed is not None:
-                    # the batch's place in the epoch, whatever the workers
-                    seed_globals(seed, epoch,
-                                 seq * self.workers + self.worker)
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    if requests is not None:
-                        check_per_batch(requests, seq)
-                    break
+            if seed is not None:  # the first batch's place in the epoch
+                seed_globals(seed, epoch, self.worker)
+            slow, every, counted = True, 1, 0  # until the first window
+            window = clock()
+            waited = 0  # ns spent waiting for a slot in this window
+            for batch in iterator:
                 if type(batch) is not tuple or len(batch) != n_sources:
                     _check_batch(batch, sources)
                 if requests is not None and requests.taken != seq + 1:
                     check_per_batch(requests, seq + 1)
-                # one clock per batch: from one batch's return from the
-                # pipeline to the next's (writing and publishing the one
-                # before included), waits for a free slot left out
-                made = clock()
-                last_ns = made - started
-                self.busy_ns += last_ns
                 if free:
                     slot = free.popleft()
                 elif page is not None and page.frees_waiting():
@@ -416,22 +389,61 @@ class Producer:
                     slot = free.popleft()
                 else:
                     self.flush()
+                    began = clock()
                     acquired = self.acquire(epoch)
+                    waited += clock() - began
                     if acquired is None:
                         break
                     slot = acquired
-                    made = clock()
-                layout_id = write(slot, batch, seq, epoch)
+                last = lasts[slot]
+                if last is not None:  # the layout the slot's header holds?
+                    dtypes, shapes, layout_id, mapping, targets = last
+                    for value, dtype, shape in zip(batch, dtypes, shapes):
+                        if (type(value) is not _ndarray
+                                or value.dtype is not dtype
+                                or value.shape != shape):
+                            last = None
+                            break
+                    else:  # yes: only the data, and the stamp if no
+                        # control page's MSG_READY carries it
+                        if page is None:
+                            _STAMP_INTO(mapping, _STAMP_OFFSET, seq, epoch,
+                                        self.busy_ns)
+                        for target, value in zip(targets, batch):
+                            target[...] = value
+                if last is None:
+                    layout_id = write(slot, batch, seq, epoch)
                 if push is not None:
                     pushed = push(_READY, slot, capacity[slot], layout_id,
                                   self.busy_ns)
-                    if pushed != control.PUSHED:
+                    if pushed != pushed_ok:
                         self._settle(pushed, (_READY, slot, capacity[slot],
                                               layout_id, self.busy_ns))
                 else:
-                    ready(slot, last_ns >= slow_ns)
+                    ready(slot, slow)
                 seq += 1
-                started = made
+                counted += 1
+                if counted >= every:  # the window is over
+                    now = clock()
+                    spent = now - window - waited
+                    self.busy_ns += spent
+                    slow = spent >= SLOW_NS * counted
+                    every = 1 if slow else POLL_EVERY
+                    window, waited, counted = now, 0, 0
+                    self.poll(0)
+                    if self.consumer_epoch > epoch:
+                        break
+                    if slow:
+                        self.flush()
+                if seed is not None:
+                    # the next batch's place in the epoch, whatever the
+                    # workers
+                    seed_globals(seed, epoch,
+                                 seq * self.workers + self.worker)
+            else:  # the epoch ran out
+                if requests is not None:
+                    check_per_batch(requests, seq)
+            self.busy_ns += clock() - window - waited
             self.flush()
             self.publish(layout.MSG_END, 0, epoch)
             epoch += 1
