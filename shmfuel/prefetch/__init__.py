@@ -16,6 +16,7 @@ Prefetcher gives numpy arrays that are views of those slots. Module map:
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -173,7 +174,14 @@ class Prefetcher(AbstractDataStream):
         self._check_open()
         as_dict = flag("as_dict", as_dict)
         epoch = self._consumer.start_epoch()
-        return _EpochIterator(self, epoch, as_dict)
+        if as_dict:
+            return _DictIterator(self._consumer.next_batch, epoch, self._sources)
+        # No Python frame between the loop and the consumer: the iterator
+        # calls next_batch(epoch) until it raises StopIteration (it never
+        # returns _NO_BATCH). Once the Prefetcher is closed, it raises
+        # ClosedError.
+        return iter(functools.partial(self._consumer.next_batch, epoch),
+                    _NO_BATCH)
 
     def get_data(self, request: Any = None) -> Any:
         raise NotImplementedError("iterate a Prefetcher with "
@@ -191,8 +199,8 @@ class Prefetcher(AbstractDataStream):
         """Stop the producers. Idempotent; views handed out stay valid."""
         if not self._closed:
             self._closed = True
-            self._consumer.broken = ClosedError(
-                "this Prefetcher is closed; make a new one")
+            self._consumer.fail(ClosedError(
+                "this Prefetcher is closed; make a new one"))
         self._finalizer()
 
     def __enter__(self) -> Prefetcher:
@@ -244,23 +252,23 @@ class Prefetcher(AbstractDataStream):
         }
 
 
-class _EpochIterator:
-    def __init__(self, prefetcher: Prefetcher, epoch: int,
-                 as_dict: bool) -> None:
-        self.prefetcher = prefetcher
-        self.epoch = epoch
-        self.as_dict = as_dict
-        # raises ClosedError once the Prefetcher is closed
-        self.next_batch = prefetcher._consumer.next_batch
+_NO_BATCH = object()
 
-    def __iter__(self) -> _EpochIterator:
+
+class _DictIterator:
+    """An epoch's batches as dicts of their sources."""
+
+    def __init__(self, next_batch: Any, epoch: int,
+                 sources: tuple[str, ...]) -> None:
+        self.next_batch = next_batch
+        self.epoch = epoch
+        self.sources = sources
+
+    def __iter__(self) -> _DictIterator:
         return self
 
-    def __next__(self) -> Any:
-        values = self.next_batch(self.epoch)
-        if self.as_dict:
-            return dict(zip(self.prefetcher._sources, values))
-        return values
+    def __next__(self) -> dict[str, Any]:
+        return dict(zip(self.sources, self.next_batch(self.epoch)))
 
 
 def _cuda_pinning() -> Any:

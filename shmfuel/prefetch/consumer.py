@@ -118,6 +118,9 @@ class Consumer:
         self.position = 0
         self.epoch_done = True
         self.broken: BaseException | None = None
+        # the epoch whose batches next_batch hands out without looking
+        # further: -1 once it is done or the consumer is broken
+        self.live = -1
         pool.on_fork = self._forked
         # stats
         self.started = time.perf_counter()
@@ -374,18 +377,23 @@ class Consumer:
     # -- epochs --------------------------------------------------------------
     def _break(self, exc: BaseException) -> None:
         if self.broken is None:
-            self.broken = exc
+            self.fail(exc)
             self.pool.shutdown()
+
+    def fail(self, exc: BaseException) -> None:
+        """Raise ``exc`` from every later call."""
+        self.broken = exc
+        self.live = -1
 
     def _forked(self) -> None:
         """In a forked child (see ``ProducerPool.inherit``)."""
         self.pinning = None  # a forked child cannot use CUDA
         self.in_flight = []
-        self.broken = ShmfuelError(
+        self.fail(ShmfuelError(
             f"this Prefetcher belongs to process {self.pool.owner}; process "
             f"{os.getpid()} is a fork of it and cannot read its batches (its "
             "ring and producers serve the parent). Make a Prefetcher in this "
-            "process instead")
+            "process instead"))
 
     @property
     def delivered(self) -> int:
@@ -423,6 +431,7 @@ class Consumer:
         if abandoned is not None:
             for channel in self.channels:
                 self._skip_to_end(channel, abandoned)
+        self.live = self.epoch
         return self.epoch
 
     def _skip_to_end(self, channel: Channel, epoch: int,
@@ -458,7 +467,7 @@ class Consumer:
         This is the consumer's hot path: the common case (a batch is ready,
         its layout known, views allowed) is written out in one function.
         """
-        if self.broken is not None or epoch != self.epoch or self.epoch_done:
+        if epoch != self.live:  # broken, done, or an older epoch's iterator
             self.check()
             if epoch != self.epoch:
                 raise ShmfuelError(
@@ -578,6 +587,7 @@ class Consumer:
         if kind == layout.MSG_ERROR:
             self._raise_remote(self._error_payload(channel, value))
         self.epoch_done = True
+        self.live = -1
         for other in self.channels:
             if other is not channel:
                 self._skip_to_end(other, epoch, strict=True)
