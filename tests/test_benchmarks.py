@@ -168,5 +168,5 @@ def test_report_renders_the_committed_results():
     assert "median of 3 rounds, min-max" in result.stdout
     # the launch-bound step's noise, and the 16-CPU transport run
     assert "GPU ms per step: 3.39" in result.stdout
-    assert "| shmfuel Prefetcher w=1 | 335,012 | 182 (7.02) |" in result.stdout
+    assert "| shmfuel Prefetcher w=1 | 371,717 | 162 (6.23) |" in result.stdout
     assert "| shmfuel Prefetcher w=1 | 190,111 | 180 (6.94) |" in result.stdout  # H100
