@@ -219,8 +219,10 @@ class Prefetcher(AbstractDataStream):
 
         Keys: ``batches`` delivered, ``copied`` (delivered as copies),
         ``wait_s`` (``total``, ``p50``, ``p95``, ``max`` of the time
-        ``next()`` waited for a producer; 0 when a batch was ready), ``producer_busy_s`` (time each producer spent
-        making and writing batches, as of the last batch it announced),
+        ``next()`` waited for a producer; 0 when a batch was ready),
+        ``producer_busy_s`` (time each producer spent making and writing
+        batches, as of the last batch it announced; a producer adds it up
+        every 32 batches, or every batch while they take over 20 us),
         ``ring`` (``slots``, ``ready``: delivered by producers but not yet
         taken, ``held``: taken and still referenced), and
         ``time_to_first_batch_s`` (from construction).
