@@ -155,10 +155,10 @@ class ControlPage:
         self.words = words = memoryview(buffer).cast("Q")
         self.slots = slots
         self.capacity = slots + SPARE
-        self.frees_at = ENTRIES + self.capacity * ENTRY
         # the frees queue as u32 items (one indexed store or load each)
+        frees_at = ENTRIES + self.capacity * ENTRY
         self.frees = memoryview(buffer)[
-            self.frees_at:self.frees_at + slots * SLOT.size].cast("I")
+            frees_at:frees_at + slots * SLOT.size].cast("I")
         # each side's own counters, mirrored here
         self.messages_read = words[MESSAGES_READ]
         self.messages_written = self.messages_read + sum(

@@ -107,11 +107,10 @@ class Producer:
         self.views: list[dict[Any, Any]] = [{} for _ in range(slots)]
         self.burst = max(1, min(16, slots // 4))
         self.seed: int | None = None
-        self.headers: list[bytes | None] = [None] * slots  # last layout
         # per slot, the layout its header holds now (dtypes, shapes, layout
-        # id, mapping, target views): a batch with that very layout (the
-        # same dtype objects, the same shapes) is copied in by ``produce``
-        # without hashing anything
+        # id, mapping, target views, header), None if unplanned: a batch
+        # with that very layout (the same dtype objects, the same shapes) is
+        # copied in by ``produce`` without hashing anything
         self.last: list[Any] = [None] * slots
         self.ready_messages = [layout.encode_message(layout.MSG_READY, slot)
                                for slot in range(slots)]
@@ -231,7 +230,6 @@ class Producer:
             finally:
                 os.close(fd)
             self.views[slot] = {}
-            self.headers[slot] = None
             self.last[slot] = None
             if self.maps[slot] is not None:
                 try:
@@ -265,14 +263,14 @@ class Producer:
             if planned is None:
                 planned = self._plan(slot, key, batch)
             header, layout_id, mapping, targets = planned
-            if self.headers[slot] is header:  # same layout: only the stamp
+            last = self.last[slot]
+            if last is not None and last[5] is header:  # only the stamp
                 _STAMP_INTO(mapping, _STAMP_OFFSET, seq, epoch, self.busy_ns)
             else:
                 layout.stamp(mapping, header, seq, epoch, self.busy_ns)
-                self.headers[slot] = header
             self.last[slot] = (tuple([dtype for dtype, _ in key]),
                                tuple([shape for _, shape in key]),
-                               layout_id, mapping, targets)
+                               layout_id, mapping, targets, header)
             # the signature matched, so dtypes and shapes are equal: a plain
             # copy (item assignment costs a third of numpy.copyto here)
             for target, value in zip(targets, batch):
@@ -281,7 +279,7 @@ class Producer:
         # something to pickle: plan this batch afresh
         plan = layout.plan_batch(batch, seq, epoch, self.busy_ns)
         layout.write_batch(self.ensure(slot, plan.size), plan)
-        self.headers[slot] = self.last[slot] = None
+        self.last[slot] = None
         return 0
 
     def _plan(self, slot: int, key: tuple[Any, ...], batch: Any) -> Any:
@@ -397,7 +395,7 @@ class Producer:
                     slot = acquired
                 last = lasts[slot]
                 if last is not None:  # the layout the slot's header holds?
-                    dtypes, shapes, layout_id, mapping, targets = last
+                    dtypes, shapes, layout_id, mapping, targets, _ = last
                     for value, dtype, shape in zip(batch, dtypes, shapes):
                         if (type(value) is not _ndarray
                                 or value.dtype is not dtype
