@@ -48,7 +48,9 @@ def test_pipeline_exception_arrives_in_order_with_traceback(workers):
         cause = info.value.__cause__
         assert isinstance(cause, RemoteTraceback)
         assert "raise_key_error" in str(cause) and "KeyError" in str(cause)
-        # Once broken, always broken.
+        # Once broken, always broken: this iterator too, not just new ones.
+        with pytest.raises(KeyError, match="no such example"):
+            next(epoch)
         with pytest.raises(KeyError, match="no such example"):
             prefetched.get_epoch_iterator()
 

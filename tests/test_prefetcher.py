@@ -365,6 +365,17 @@ def test_close_is_idempotent_and_use_after_close_is_an_error():
                open(f"/proc/{pid}/status").read() for pid in pids)
 
 
+def test_an_epoch_iterator_ends_at_close_with_batches_ready():
+    stream = Prefetcher(sequential_stream(n=100, batch_size=1), hwm=8)
+    epoch = stream.get_epoch_iterator()
+    assert [int(next(epoch)[0][0]) for _ in range(5)] == [0, 1, 2, 3, 4]
+    time.sleep(0.3)  # the producer fills the ring meanwhile
+    stream.close()
+    for _ in range(2):
+        with pytest.raises(ClosedError):
+            next(epoch)
+
+
 def test_stats():
     with Prefetcher(sequential_stream(), hwm=4) as stream:
         assert stream.stats()["time_to_first_batch_s"] is None
@@ -390,6 +401,35 @@ def test_stats_count_batches_waiting_in_the_ring():
         del first
         assert stream.stats()["ring"]["held"] == 0
         assert [x.tolist() for x, in epoch][:2] == [[2, 3], [4, 5]]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stats_and_pauses_between_batches_lose_and_repeat_nothing(workers):
+    # stats() moves announced batches off the control page; pauses fill the
+    # ring; every batch must still come once, in order, and the epoch end
+    # must stay an end
+    n = 600
+    with Prefetcher(sequential_stream(n=n, batch_size=1), hwm=8,
+                    workers=workers) as stream:
+        epoch = stream.get_epoch_iterator()
+        got, kept = [], []
+        for i, (x,) in enumerate(epoch):
+            got.append(int(x[0]))
+            if i % 7 == 3:
+                assert stream.stats()["batches"] == i + 1
+            if i % 50 == 10:
+                time.sleep(0.02)
+            if i % 13 == 0:
+                kept.append(x)  # held views take slots out for a while
+            if len(kept) > 3:
+                kept.pop(0)
+        assert got == list(range(n))
+        assert [int(x[0]) for x in kept] == [x for x in range(0, n, 13)][-3:]
+        with pytest.raises(StopIteration):
+            next(epoch)
+        with pytest.raises(StopIteration):
+            next(epoch)
+        assert stream.stats()["batches"] == n
 
 
 def test_producer_busy_time_leaves_out_waiting_for_slots():

@@ -17,6 +17,7 @@ Prefetcher gives numpy arrays that are views of those slots. Module map:
 from __future__ import annotations
 
 import functools
+import itertools
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -176,12 +177,18 @@ class Prefetcher(AbstractDataStream):
         epoch = self._consumer.start_epoch()
         if as_dict:
             return _DictIterator(self._consumer.next_batch, epoch, self._sources)
-        # No Python frame between the loop and the consumer: the iterator
-        # calls next_batch(epoch) until it raises StopIteration (it never
-        # returns _NO_BATCH). Once the Prefetcher is closed, it raises
+        # The iterator calls next_batch(epoch) until it raises StopIteration
+        # (it never returns _NO_BATCH), with no Python frame between the
+        # loop and the consumer. Once the Prefetcher is closed, it raises
         # ClosedError.
-        return iter(functools.partial(self._consumer.next_batch, epoch),
-                    _NO_BATCH)
+        general = iter(functools.partial(self._consumer.next_batch, epoch),
+                       _NO_BATCH)
+        if self._consumer.pinning is not None or self._pool.controls[0] is None:
+            return general
+        # With control pages, the consumer's generator delivers most batches;
+        # once it ends (the epoch's end, or an exception it raised), chain
+        # goes on with next_batch, which says the same again.
+        return itertools.chain(self._consumer.batches(epoch), general)
 
     def get_data(self, request: Any = None) -> Any:
         raise NotImplementedError("iterate a Prefetcher with "

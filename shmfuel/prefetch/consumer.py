@@ -37,6 +37,7 @@ import pickle
 import select
 import socket
 import time
+from collections.abc import Iterator
 from sys import getrefcount
 from time import perf_counter
 from typing import Any
@@ -58,6 +59,9 @@ _READY, _ARRAY = layout.MSG_READY, layout.ARRAY
 _ndarray = numpy.ndarray
 _loads = pickle.loads
 _WAKE = layout.encode_message(layout.MSG_WAKE)
+_ENTRIES, _ENTRY = control.ENTRIES, control.ENTRY
+_MESSAGES_READ = control.MESSAGES_READ
+_unpack_message = control.MESSAGE.unpack_from
 
 
 class Channel:
@@ -316,7 +320,7 @@ class Consumer:
                     released.append(slot)
             if not released:
                 continue
-            channel.viewed = out
+            viewed[:] = out  # in place: batches() holds the list
             if self.pinning is not None:
                 event = self.pinning.record()  # one event serves them all
                 self.in_flight.extend([(event, channel.worker, slot)
@@ -528,6 +532,64 @@ class Consumer:
             channel.to_free.append(slot)
             self.to_free += 1
         return self._finish(tuple(values))
+
+    def batches(self, epoch: int) -> Iterator[tuple[Any, ...]]:
+        """The batches of ``epoch`` (with control pages and no pinning); it
+        returns at the end of the epoch.
+
+        The loop's names stay bound from one batch to the next, which makes
+        this the cheapest way to deliver the common batch: the epoch live,
+        its MSG_READY on the page, its slot's layout known, every source an
+        array, and the batch not one that would leave its producer without
+        a slot. Every other batch, and every wait, goes to ``next_batch``.
+        An exception ends this generator; the epoch iterator then goes on
+        with ``next_batch``, which raises it again (see
+        ``Prefetcher.get_epoch_iterator``).
+        """
+        n_channels, flush_at = self.n_channels, self.flush_at
+        next_batch, collect, flush = self.next_batch, self._collect, self._flush
+        hot = []
+        for channel in self.channels:
+            page: Any = channel.control  # every channel has one here
+            hot.append((channel, page, page.words, page.buffer, page.capacity,
+                        channel.inbox, channel.templates, channel.sizes,
+                        channel.viewed))
+        (channel, page, words, buffer, capacity, inbox, templates, sizes,
+         viewed) = hot[0]
+        while True:
+            position = self.position
+            if n_channels > 1:
+                (channel, page, words, buffer, capacity, inbox, templates,
+                 sizes, viewed) = hot[position % n_channels]
+            if not position % flush_at:  # as next_batch does
+                collect()
+                if self.to_free >= flush_at:
+                    flush()
+            read = page.messages_read
+            at = _ENTRIES + read % capacity * _ENTRY
+            if (words[at >> 3] == read + 1 and epoch == self.live
+                    and not inbox and channel.held < channel.max_held):
+                kind, slot, size, layout_id, busy_ns = _unpack_message(
+                    buffer, at + 8)
+                cached = templates[slot]
+                if (kind == _READY and sizes[slot] == size and layout_id
+                        and cached is not None and cached[3] == layout_id
+                        and cached[2]):
+                    page.messages_read = words[_MESSAGES_READ] = read + 1
+                    channel.busy_ns = busy_ns
+                    self.position = position + 1
+                    channel.held += 1
+                    viewed.append(slot)
+                    arrays = cached[1]
+                    if len(arrays) == 1:
+                        yield (arrays[0].view(),)
+                    else:
+                        yield tuple([array.view() for array in arrays])
+                    continue
+            try:  # anything else: the general path (it takes the message)
+                yield next_batch(epoch)
+            except StopIteration:
+                return
 
     def _layout(self, channel: Channel, slot: int, layout_id: int) -> Any:
         """Read the slot's header; update its templates if its layout

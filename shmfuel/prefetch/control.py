@@ -187,9 +187,14 @@ class ControlPage:
         MESSAGE.pack_into(self.buffer, at + 8, kind, a, b, layout_id, busy_ns)
         self.messages_written = words[at >> 3] = written + 1  # publish
         if words[CONSUMER_ASLEEP]:
-            words[CONSUMER_ASLEEP] = 0
-            return WAKE
+            return self.wake_consumer()
         return PUSHED
+
+    def wake_consumer(self) -> int:
+        """After a push that found the consumer asleep: clear its flag;
+        ``WAKE`` (the caller sends it MSG_WAKE)."""
+        self.words[CONSUMER_ASLEEP] = 0
+        return WAKE
 
     def messages_waiting(self) -> bool:
         read = self.messages_read

@@ -49,6 +49,9 @@ _ndarray = numpy.ndarray
 _STAMP_INTO, _STAMP_OFFSET = layout.STAMP.pack_into, layout.STAMP_OFFSET
 _WAKE = layout.encode_message(layout.MSG_WAKE)
 _READY = layout.MSG_READY
+_ENTRIES, _ENTRY = control.ENTRIES, control.ENTRY
+_PACK_MESSAGE = control.MESSAGE.pack_into
+_CONSUMER_ASLEEP = control.CONSUMER_ASLEEP
 
 
 class _Stop(Exception):
@@ -352,8 +355,9 @@ class Producer:
         free, page, seed = self.free, self.control, self.seed
         write, ready, capacity = self.write, self.ready, self.capacity
         lasts = self.last
-        push = None if page is None else page.push_message
-        pushed_ok = control.PUSHED
+        single = n_sources == 1
+        if page is not None:  # push_message, inlined below
+            words, buffer, entries = page.words, page.buffer, page.capacity
         while True:
             self.flush()
             while epoch > self.consumer_epoch + 1:
@@ -375,6 +379,7 @@ class Producer:
             slow, every, counted = True, 1, 0  # until the first window
             window = clock()
             waited = 0  # ns spent waiting for a slot in this window
+            busy = self.busy_ns  # as of the last window
             for batch in iterator:
                 if type(batch) is not tuple or len(batch) != n_sources:
                     _check_batch(batch, sources)
@@ -394,37 +399,56 @@ class Producer:
                         break
                     slot = acquired
                 last = lasts[slot]
-                if last is not None:  # the layout the slot's header holds?
-                    dtypes, shapes, layout_id, mapping, targets, _ = last
-                    for value, dtype, shape in zip(batch, dtypes, shapes):
-                        if (type(value) is not _ndarray
-                                or value.dtype is not dtype
-                                or value.shape != shape):
+                # the layout the slot's header holds (the same dtype
+                # objects, the same shapes)? Then only the data is copied
+                # in, and the stamp if no control page's MSG_READY carries
+                # it; else write() plans it.
+                if last is not None:
+                    if single:
+                        value = batch[0]
+                        if (type(value) is _ndarray
+                                and value.dtype is last[0][0]
+                                and value.shape == last[1][0]):
+                            last[4][0][...] = value
+                        else:
                             last = None
-                            break
-                    else:  # yes: only the data, and the stamp if no
-                        # control page's MSG_READY carries it
-                        if page is None:
-                            _STAMP_INTO(mapping, _STAMP_OFFSET, seq, epoch,
-                                        self.busy_ns)
-                        for target, value in zip(targets, batch):
-                            target[...] = value
-                if last is None:
-                    layout_id = write(slot, batch, seq, epoch)
-                if push is not None:
-                    pushed = push(_READY, slot, capacity[slot], layout_id,
-                                  self.busy_ns)
-                    if pushed != pushed_ok:
-                        self._settle(pushed, (_READY, slot, capacity[slot],
-                                              layout_id, self.busy_ns))
+                    else:
+                        for value, dtype, shape in zip(batch, last[0], last[1]):
+                            if (type(value) is not _ndarray
+                                    or value.dtype is not dtype
+                                    or value.shape != shape):
+                                last = None
+                                break
+                        else:
+                            for target, value in zip(last[4], batch):
+                                target[...] = value
+                if last is not None:
+                    layout_id = last[2]
+                    if page is None:
+                        _STAMP_INTO(last[3], _STAMP_OFFSET, seq, epoch, busy)
                 else:
+                    layout_id = write(slot, batch, seq, epoch)
+                if page is None:
                     ready(slot, slow)
+                else:  # page.push_message(_READY, ...), inlined
+                    written = page.messages_written
+                    if written - page.seen_messages_read < entries:
+                        at = _ENTRIES + written % entries * _ENTRY
+                        _PACK_MESSAGE(buffer, at + 8, _READY, slot,
+                                      capacity[slot], layout_id, busy)
+                        page.messages_written = words[at >> 3] = written + 1
+                        if words[_CONSUMER_ASLEEP]:
+                            self._settle(page.wake_consumer(), ())
+                    else:  # the queue looks full: look again, or wait
+                        message = (_READY, slot, capacity[slot], layout_id,
+                                   busy)
+                        self._settle(page.push_message(*message), message)
                 seq += 1
                 counted += 1
                 if counted >= every:  # the window is over
                     now = clock()
                     spent = now - window - waited
-                    self.busy_ns += spent
+                    self.busy_ns = busy = busy + spent
                     slow = spent >= SLOW_NS * counted
                     every = 1 if slow else POLL_EVERY
                     window, waited, counted = now, 0, 0
