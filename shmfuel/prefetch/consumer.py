@@ -134,9 +134,14 @@ class Consumer:
         self.waits = array.array("d")
         self.specs: dict[bytes, Any] = {}
         self.poller: Any = None
-        # Freed slots go back to the producers in bursts (one system call
-        # each), and always before the consumer waits.
+        # Released views are looked for every half ring of batches, and
+        # what is found goes back to the producers at once, in one burst
+        # (one system call without control pages); slots freed by copies
+        # go back a quarter ring at a time. Both happen before any wait.
+        # (Looking more often holds fewer slots back from the producers but
+        # costs the consumer more per batch.)
         self.to_free = 0
+        self.collect_every = max(1, min(slots) // 2)
         self.flush_at = max(1, min(slots) // 4)
 
     # -- receiving -----------------------------------------------------------
@@ -480,7 +485,11 @@ class Consumer:
                     "a Prefetcher can be used")
             raise StopIteration
         position = self.position
-        if not position % self.flush_at or self.in_flight:
+        if not position % self.collect_every:
+            self._collect()
+            if self.to_free:
+                self._flush()
+        elif self.in_flight:
             self._collect()
         channel = self.channels[position % self.n_channels]
         if channel.inbox:
@@ -546,7 +555,7 @@ class Consumer:
         with ``next_batch``, which raises it again (see
         ``Prefetcher.get_epoch_iterator``).
         """
-        n_channels, flush_at = self.n_channels, self.flush_at
+        n_channels, collect_every = self.n_channels, self.collect_every
         next_batch, collect, flush = self.next_batch, self._collect, self._flush
         hot = []
         for channel in self.channels:
@@ -561,9 +570,9 @@ class Consumer:
             if n_channels > 1:
                 (channel, page, words, buffer, capacity, inbox, templates,
                  sizes, viewed) = hot[position % n_channels]
-            if not position % flush_at:  # as next_batch does
+            if not position % collect_every:  # as next_batch does
                 collect()
-                if self.to_free >= flush_at:
+                if self.to_free:
                     flush()
             read = page.messages_read
             at = _ENTRIES + read % capacity * _ENTRY
