@@ -43,6 +43,26 @@ def test_a_full_message_queue_refuses_and_writes_nothing():
     assert consumer.pop_messages() == [(layout.MSG_END, 0, 999, 0, 0)]
 
 
+def test_reads_taken_alone_reach_the_producer_once_published():
+    producer, consumer = pages(slots=2)
+    capacity = 2 + control.SPARE
+    for n in range(capacity):
+        assert producer.push_message(layout.MSG_END, 0, n)
+    consumer.messages_read += capacity  # taken without pop_message
+    assert not producer.push_message(layout.MSG_END, 0, 999)  # not told
+    consumer.publish_read()
+    assert producer.push_message(layout.MSG_END, 0, 999)
+
+
+def test_busy_ns_is_the_newest_message_s_across_wraps():
+    producer, consumer = pages(slots=2)
+    assert consumer.busy_ns() == 0
+    for n in range(1, 50):
+        producer.push_message(layout.MSG_READY, n % 2, 4096, 1, 1000 * n)
+        assert consumer.busy_ns() == 1000 * n
+        consumer.pop_message()
+
+
 def test_frees_arrive_in_order_and_a_double_free_is_refused():
     producer, consumer = pages(slots=4)
     assert not producer.frees_waiting()

@@ -432,6 +432,19 @@ def test_stats_and_pauses_between_batches_lose_and_repeat_nothing(workers):
         assert stream.stats()["batches"] == n
 
 
+def test_a_consumer_slower_than_its_producer_keeps_it_going():
+    # batches taken straight off the control page: the producer must still
+    # learn, before its message queue looks full, how far they were read
+    n = 2000
+    with Prefetcher(sequential_stream(n=n, batch_size=1), hwm=4,
+                    timeout=10) as stream:
+        got = []
+        for x, in stream.get_epoch_iterator():
+            got.append(int(x[0]))
+            time.sleep(0.0002)  # the ring is full whenever we come back
+        assert got == list(range(n))
+
+
 def test_producer_busy_time_leaves_out_waiting_for_slots():
     with Prefetcher(sequential_stream(n=16, batch_size=2), hwm=2) as stream:
         for _ in stream.get_epoch_iterator():

@@ -252,7 +252,9 @@ class Prefetcher(AbstractDataStream):
                        "p50": float(numpy.percentile(waits, 50)),
                        "p95": float(numpy.percentile(waits, 95)),
                        "max": float(waits.max())},
-            "producer_busy_s": [c.busy_ns / 1e9 for c in consumer.channels],
+            "producer_busy_s": [
+                (c.busy_ns if c.control is None else c.control.busy_ns()) / 1e9
+                for c in consumer.channels],
             "ring": {"slots": self.hwm,
                      "ready": sum(sum(message[0] == 1 for message in c.inbox)
                                   for c in consumer.channels),

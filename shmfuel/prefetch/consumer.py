@@ -36,6 +36,7 @@ import os
 import pickle
 import select
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from sys import getrefcount
@@ -60,8 +61,9 @@ _ndarray = numpy.ndarray
 _loads = pickle.loads
 _WAKE = layout.encode_message(layout.MSG_WAKE)
 _ENTRIES, _ENTRY = control.ENTRIES, control.ENTRY
-_MESSAGES_READ = control.MESSAGES_READ
-_unpack_message = control.MESSAGE.unpack_from
+# a message's kind | a << 32, b and layout id (MESSAGE's first three
+# little-endian words), as one key
+_unpack_key = struct.Struct("<QQQ").unpack_from
 
 
 class Channel:
@@ -82,6 +84,11 @@ class Channel:
         # per slot: (specs, template arrays or None per source, all arrays,
         #            layout id they were announced with, 0 if none)
         self.templates: list[Any] = [None] * slots
+        # MSG_READYs that need nothing but a view, by their first three
+        # words (kind | slot << 32, segment size, layout id): slot and
+        # template arrays (see Consumer.batches); one per slot at most
+        self.known: dict[tuple[int, int, int], tuple[int, Any]] = {}
+        self.known_keys: list[Any] = [None] * slots
         self.viewed: list[int] = []  # slots whose views may be out
         self.base_refs = 0  # refcount of a fresh owner
         self.free_refs = [0] * slots  # refcount of an owner nobody else holds
@@ -94,10 +101,30 @@ class Channel:
             collections.deque())
         self.pending = _EMPTY
         self.fds: collections.deque[int] = collections.deque()
-        self.held = 0
+        self.pinned = 0  # released slots whose device copies may still run
         self.max_held = slots - 1
         self.to_free: list[int] = []
         self.busy_ns = 0
+
+    @property
+    def held(self) -> int:
+        """Slots taken and not yet free again: views may be out, or device
+        copies from them still run."""
+        return len(self.viewed) + self.pinned
+
+    def cache(self, slot: int, cached: Any) -> Any:
+        """Keep ``cached`` (see ``templates``; None: forget) for ``slot``,
+        and the MSG_READY it answers without a look at the header."""
+        self.templates[slot] = cached
+        key = self.known_keys[slot]
+        if key is not None:
+            del self.known[key]
+            self.known_keys[slot] = None
+        if cached is not None and cached[2] and cached[3]:  # arrays, an id
+            key = (_READY | slot << 32, self.sizes[slot], cached[3])
+            self.known[key] = (slot, cached[1])
+            self.known_keys[slot] = key
+        return cached
 
 
 class Consumer:
@@ -134,15 +161,15 @@ class Consumer:
         self.waits = array.array("d")
         self.specs: dict[bytes, Any] = {}
         self.poller: Any = None
-        # Released views are looked for every half ring of batches, and
+        # Released views are looked for every quarter ring of batches, and
         # what is found goes back to the producers at once, in one burst
         # (one system call without control pages); slots freed by copies
-        # go back a quarter ring at a time. Both happen before any wait.
-        # (Looking more often holds fewer slots back from the producers but
-        # costs the consumer more per batch.)
+        # go back a quarter ring at a time too. Both happen before any
+        # wait. (Looking less often costs the consumer less per batch but
+        # holds more slots back, and leaves a fast producer longer without
+        # one: past its spin, it sleeps.)
         self.to_free = 0
-        self.collect_every = max(1, min(slots) // 2)
-        self.flush_at = max(1, min(slots) // 4)
+        self.collect_every = self.flush_at = max(1, min(slots) // 4)
 
     # -- receiving -----------------------------------------------------------
     def _receive(self, channel: Channel) -> None:
@@ -211,7 +238,7 @@ class Consumer:
                 channel.maps[slot] = mapping
                 channel.sizes[slot] = value
                 channel.owners[slot] = numpy.frombuffer(mapping, numpy.uint8)
-                channel.templates[slot] = None
+                channel.cache(slot, None)
                 channel.base_refs = getrefcount(channel.owners[slot])
                 channel.free_refs[slot] = channel.base_refs
             elif kind == layout.MSG_READY:
@@ -330,8 +357,8 @@ class Consumer:
                 event = self.pinning.record()  # one event serves them all
                 self.in_flight.extend([(event, channel.worker, slot)
                                        for slot in released])
+                channel.pinned += len(released)
             else:
-                channel.held -= len(released)
                 channel.to_free.extend(released)
                 self.to_free += len(released)
         if self.in_flight:
@@ -339,7 +366,7 @@ class Consumer:
             for event, worker, slot in self.in_flight:
                 if self.pinning.done(event):
                     channel = self.channels[worker]
-                    channel.held -= 1
+                    channel.pinned -= 1
                     channel.to_free.append(slot)
                     self.to_free += 1
                 else:
@@ -361,11 +388,17 @@ class Consumer:
             self._collect()
 
     def _flush(self) -> None:
+        """Free the slots collected, and tell each producer how far its
+        messages were read (``batches`` does not, batch by batch: until
+        its slots come back, a producer cannot fill its queue). Before
+        every wait too."""
         self.to_free = 0
         for channel in self.channels:
+            page = channel.control
+            if page is not None:
+                page.publish_read()
             if not channel.to_free:
                 continue
-            page = channel.control
             if page is not None:
                 page.push_frees(channel.to_free)
                 channel.to_free = []
@@ -473,8 +506,10 @@ class Consumer:
     def next_batch(self, epoch: int) -> tuple[Any, ...]:
         """The next batch of ``epoch``; ``StopIteration`` at its end.
 
-        This is the consumer's hot path: the common case (a batch is ready,
-        its layout known, views allowed) is written out in one function.
+        Every batch goes through here without control pages or with
+        pinning, and with them every batch that ``batches`` leaves: the
+        common case (a batch is ready, its layout known, views allowed) is
+        still written out in one function.
         """
         if epoch != self.live:  # broken, done, or an older epoch's iterator
             self.check()
@@ -493,7 +528,7 @@ class Consumer:
             self._collect()
         channel = self.channels[position % self.n_channels]
         if channel.inbox:
-            kind, slot, size, layout_id, busy_ns = channel.inbox.popleft()
+            kind, slot, size, layout_id, _ = channel.inbox.popleft()
         else:  # the next message, if it is there, else wait for it
             message = (None if channel.control is None
                        else channel.control.pop_message())
@@ -501,12 +536,11 @@ class Consumer:
                 started = perf_counter()
                 message = self._take(channel)
                 self.waits.append(perf_counter() - started)
-            kind, slot, size, layout_id, busy_ns = message
+            kind, slot, size, layout_id, _ = message
         if kind != _READY:
             self._end_of_epoch(channel, kind, size, epoch)
         if channel.sizes[slot] != size:  # its MSG_SEGMENT is still on the way
             self._segment(channel, slot, size)
-        channel.busy_ns = busy_ns
         self.position = position + 1
         cached = channel.templates[slot]
         if cached is None or not layout_id or cached[3] != layout_id:
@@ -522,7 +556,6 @@ class Consumer:
                 batch: tuple[Any, ...] = (templates[0].view(),)
             else:
                 batch = tuple([template.view() for template in templates])
-            channel.held += 1
             channel.viewed.append(slot)
             if self.to_free >= self.flush_at or self.first_batch_s is None:
                 return self._finish(batch)
@@ -535,7 +568,6 @@ class Consumer:
             else:
                 values.append(_loads(owner[offset:offset + nbytes].data))
         if any(template is not None for template in templates):
-            channel.held += 1
             channel.viewed.append(slot)
         else:
             channel.to_free.append(slot)
@@ -560,36 +592,34 @@ class Consumer:
         hot = []
         for channel in self.channels:
             page: Any = channel.control  # every channel has one here
-            hot.append((channel, page, page.words, page.buffer, page.capacity,
-                        channel.inbox, channel.templates, channel.sizes,
-                        channel.viewed))
-        (channel, page, words, buffer, capacity, inbox, templates, sizes,
-         viewed) = hot[0]
+            # the word of each message entry that holds its number
+            numbers = [(_ENTRIES + n * _ENTRY) >> 3
+                       for n in range(page.capacity)]
+            hot.append((page, page.words, page.buffer, page.capacity, numbers,
+                        channel.inbox, channel.known, channel.viewed,
+                        channel.max_held))
+        (page, words, buffer, capacity, numbers, inbox, known, viewed,
+         max_held) = hot[0]
         while True:
             position = self.position
             if n_channels > 1:
-                (channel, page, words, buffer, capacity, inbox, templates,
-                 sizes, viewed) = hot[position % n_channels]
+                (page, words, buffer, capacity, numbers, inbox, known, viewed,
+                 max_held) = hot[position % n_channels]
             if not position % collect_every:  # as next_batch does
                 collect()
                 if self.to_free:
                     flush()
             read = page.messages_read
-            at = _ENTRIES + read % capacity * _ENTRY
-            if (words[at >> 3] == read + 1 and epoch == self.live
-                    and not inbox and channel.held < channel.max_held):
-                kind, slot, size, layout_id, busy_ns = _unpack_message(
-                    buffer, at + 8)
-                cached = templates[slot]
-                if (kind == _READY and sizes[slot] == size and layout_id
-                        and cached is not None and cached[3] == layout_id
-                        and cached[2]):
-                    page.messages_read = words[_MESSAGES_READ] = read + 1
-                    channel.busy_ns = busy_ns
+            number = numbers[read % capacity]
+            if (words[number] == read + 1 and epoch == self.live
+                    and not inbox and len(viewed) < max_held):
+                ready = known.get(_unpack_key(buffer, (number + 1) << 3))
+                if ready is not None:
+                    # taken; the page hears of it at the next flush
+                    page.messages_read = read + 1
                     self.position = position + 1
-                    channel.held += 1
+                    slot, arrays = ready
                     viewed.append(slot)
-                    arrays = cached[1]
                     if len(arrays) == 1:
                         yield (arrays[0].view(),)
                     else:
@@ -607,8 +637,7 @@ class Consumer:
         specs = self._read_header(channel, slot)
         if cached is None or cached[0] is not specs:
             cached = self._templates(channel, slot, channel.owners[slot], specs)
-        cached = channel.templates[slot] = cached[:3] + (layout_id,)
-        return cached
+        return channel.cache(slot, cached[:3] + (layout_id,))
 
     def _read_header(self, channel: Channel, slot: int) -> Any:
         """The source specs in the header of ``slot`` (and its busy ns)."""
@@ -640,8 +669,8 @@ class Consumer:
             if kind == _ARRAY else None
             for kind, dtype, shape, offset, _ in specs)
         arrays = sum(template is not None for template in templates)
-        cached = channel.templates[slot] = (specs, templates,
-                                            arrays == len(templates), 0)
+        cached = channel.cache(slot, (specs, templates,
+                                      arrays == len(templates), 0))
         channel.free_refs[slot] = channel.base_refs + arrays
         return cached
 
@@ -683,7 +712,6 @@ class Consumer:
         if not self.copy and channel.held + 1 < channel.slots:
             values, has_view = layout.read_batch(owner, specs)
             if has_view:
-                channel.held += 1
                 channel.viewed.append(slot)
                 return values
         else:

@@ -10,7 +10,11 @@ so no locks are needed. Counters, flags and message numbers are native
 writes the bytes, so a reader could see a counter fall to 0)::
 
     offset   0  (unused)
-    offset  64  messages read     (u64, consumer)
+    offset  64  messages read     (u64, consumer; it may lag behind the
+                                   messages taken until the consumer frees
+                                   slots or waits: only the queue's
+                                   fullness depends on it, and a producer
+                                   cannot fill it before its slots return)
     offset 128  frees written     (u64, consumer)
     offset 192  frees read        (u64, producer)
     offset 256  consumer asleep   (u64: set by the consumer, cleared by
@@ -19,8 +23,8 @@ writes the bytes, so a reader could see a counter fall to 0)::
     offset 384  messages          ``capacity`` x 64 bytes: the message's
                                    number + 1 (u64, written last), then
                                    ``<IIQQQ``: kind, a, b as in
-                                   ``layout.MESSAGE``; for MSG_READY also
-                                   the batch's layout id and the
+                                   ``layout.MESSAGE``, for MSG_READY the
+                                   batch's layout id (else 0), and the
                                    producer's busy ns
     then        frees             ``slots`` x u32 (a slot is freed at most
                                    once per MSG_READY, so they always fit)
@@ -80,7 +84,11 @@ ENTRIES = 384  # bytes
 SPARE = 16  # message entries beyond one per slot (ends, errors)
 FULL, PUSHED, WAKE = 0, 1, 2  # what push_message did
 
-SPIN_S = 50e-6
+# Longer than the other side takes to wake up (a process blocked on its
+# socket took about 0.2 ms to run again on a 2-core VM): with a shorter spin
+# the two sides can settle into taking turns sleeping, each waking the
+# other once per burst, at a fraction of the rate.
+SPIN_S = 500e-6
 BACKSTOP_S = 0.001
 BACKSTOP_MAX_S = 0.05
 
@@ -214,6 +222,18 @@ class ControlPage:
         message = MESSAGE.unpack_from(self.buffer, at + 8)
         self.messages_read = self.words[MESSAGES_READ] = read + 1
         return message
+
+    def busy_ns(self) -> int:
+        """The producer's busy ns as of the newest message on the page
+        (every message carries it, and it only grows)."""
+        words = self.words
+        return max(words[(ENTRIES + n * ENTRY) // 8 + 4]
+                   for n in range(self.capacity))
+
+    def publish_read(self) -> None:
+        """Tell the producer how far the messages were read, after a
+        reader that advanced ``messages_read`` alone."""
+        self.words[MESSAGES_READ] = self.messages_read
 
     def pop_messages(self) -> list[tuple[int, int, int, int, int]]:
         """Every message written and not yet read, in order."""

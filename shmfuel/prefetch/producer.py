@@ -186,9 +186,10 @@ class Producer:
             self.pending.append(layout.encode_message(kind, a, b))
             self.flush()
             return
-        pushed = page.push_message(kind, a, b)
+        message = (kind, a, b, 0, self.busy_ns)
+        pushed = page.push_message(*message)
         if pushed != control.PUSHED:
-            self._settle(pushed, (kind, a, b))
+            self._settle(pushed, message)
 
     def _settle(self, pushed: int, message: tuple[int, ...]) -> None:
         """After a push that found the queue full (retry while handling the
