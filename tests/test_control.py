@@ -50,7 +50,7 @@ def test_reads_taken_alone_reach_the_producer_once_published():
         assert producer.push_message(layout.MSG_END, 0, n)
     consumer.messages_read += capacity  # taken without pop_message
     assert not producer.push_message(layout.MSG_END, 0, 999)  # not told
-    consumer.publish_read()
+    assert not consumer.give_back([])  # nothing freed: nobody to wake
     assert producer.push_message(layout.MSG_END, 0, 999)
 
 
@@ -117,6 +117,16 @@ def test_asleep_flags_are_cleared_by_the_side_that_wakes():
     producer.fall_asleep(control.PRODUCER_ASLEEP)
     producer.wake_up(control.PRODUCER_ASLEEP)
     assert not consumer.needs_waking(control.PRODUCER_ASLEEP)
+
+
+def test_giving_slots_back_says_when_the_producer_sleeps():
+    producer, consumer = pages()
+    assert not consumer.give_back([1])
+    producer.fall_asleep(control.PRODUCER_ASLEEP)
+    assert not consumer.give_back([])  # nothing to wake it for
+    assert consumer.give_back([2, 0])
+    assert not consumer.give_back([3])  # once
+    assert producer.pop_frees() == [1, 2, 0, 3]
 
 
 def test_a_push_says_when_the_consumer_sleeps():

@@ -396,18 +396,14 @@ class Consumer:
         for channel in self.channels:
             page = channel.control
             if page is not None:
-                page.publish_read()
-            if not channel.to_free:
-                continue
-            if page is not None:
-                page.push_frees(channel.to_free)
-                channel.to_free = []
-                if page.needs_waking(control.PRODUCER_ASLEEP):
+                if page.give_back(channel.to_free):
                     try:
                         channel.sock.send(_WAKE)
                     except OSError:
                         pass
-            else:
+                if channel.to_free:
+                    channel.to_free = []
+            elif channel.to_free:
                 messages = channel.free_messages
                 message = b"".join([messages[s] for s in channel.to_free])
                 channel.to_free = []

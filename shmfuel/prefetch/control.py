@@ -62,6 +62,7 @@ socket as a byte stream, whose system calls order memory (see ``mode``).
 
 from __future__ import annotations
 
+import array
 import os
 import platform
 import struct
@@ -230,11 +231,6 @@ class ControlPage:
         return max(words[(ENTRIES + n * ENTRY) // 8 + 4]
                    for n in range(self.capacity))
 
-    def publish_read(self) -> None:
-        """Tell the producer how far the messages were read, after a
-        reader that advanced ``messages_read`` alone."""
-        self.words[MESSAGES_READ] = self.messages_read
-
     def pop_messages(self) -> list[tuple[int, int, int, int, int]]:
         """Every message written and not yet read, in order."""
         messages = []
@@ -245,15 +241,38 @@ class ControlPage:
     # -- consumer -> producer ----------------------------------------------
     def push_frees(self, slots: list[int]) -> None:
         frees, written, capacity = self.frees, self.frees_written, self.slots
-        if written + len(slots) - self.seen_frees_read > capacity:
+        count = len(slots)
+        if written + count - self.seen_frees_read > capacity:
             self.seen_frees_read = self.words[FREES_READ]
-            if written + len(slots) - self.seen_frees_read > capacity:
+            if written + count - self.seen_frees_read > capacity:
                 raise ValueError("more slots freed than the producer has: "
                                  "a slot was freed twice")
-        for slot in slots:
-            frees[written % capacity] = slot
-            written += 1
-        self.frees_written = self.words[FREES_WRITTEN] = written
+        start = written % capacity
+        end = start + count
+        if end <= capacity:
+            frees[start:end] = array.array("I", slots)
+        else:  # around the end of the queue
+            split = capacity - start
+            frees[start:] = array.array("I", slots[:split])
+            frees[:end - capacity] = array.array("I", slots[split:])
+        self.frees_written = self.words[FREES_WRITTEN] = written + count
+
+    def give_back(self, slots: list[int]) -> bool:
+        """The consumer's flush: tell the producer how far its messages
+        were read (a reader may advance ``messages_read`` alone), append
+        ``slots`` to the frees, and say whether the producer sleeps (as
+        ``needs_waking``: then send it MSG_WAKE)."""
+        words = self.words
+        words[MESSAGES_READ] = self.messages_read
+        if not slots:
+            return False
+        self.push_frees(slots)
+        _barrier_lock.acquire()  # barrier(), inlined
+        _barrier_lock.release()
+        if words[PRODUCER_ASLEEP]:
+            words[PRODUCER_ASLEEP] = 0
+            return True
+        return False
 
     def pop_frees(self) -> list[int]:
         read = self.frees_read
