@@ -63,6 +63,19 @@ def test_busy_ns_is_the_newest_message_s_across_wraps():
         consumer.pop_message()
 
 
+def test_a_layout_token_names_layout_segment_and_slot():
+    tokens = {control.layout_token(layout_id, generation, slot)
+              for layout_id in (1, 2, 2**32 - 1) for generation in (1, 2, 4095)
+              for slot in (0, 1, 2**20 - 1)}
+    assert len(tokens) == 27 and 0 not in tokens
+    # the segment counts modulo 4096
+    assert control.layout_token(5, 4097, 3) == control.layout_token(5, 1, 3)
+    # what does not fit (or no layout) says: read the header
+    assert control.layout_token(2**32, 1, 0) == 0
+    assert control.layout_token(1, 1, 2**20) == 0
+    assert control.layout_token(0, 1, 1) == 0
+
+
 def test_frees_arrive_in_order_and_a_double_free_is_refused():
     producer, consumer = pages(slots=4)
     assert not producer.frees_waiting()

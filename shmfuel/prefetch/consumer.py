@@ -36,7 +36,6 @@ import os
 import pickle
 import select
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from sys import getrefcount
@@ -61,9 +60,6 @@ _ndarray = numpy.ndarray
 _loads = pickle.loads
 _WAKE = layout.encode_message(layout.MSG_WAKE)
 _ENTRIES, _ENTRY = control.ENTRIES, control.ENTRY
-# a message's kind | a << 32, b and layout id (MESSAGE's first three
-# little-endian words), as one key
-_unpack_key = struct.Struct("<QQQ").unpack_from
 
 
 class Channel:
@@ -84,10 +80,10 @@ class Channel:
         # per slot: (specs, template arrays or None per source, all arrays,
         #            layout id they were announced with, 0 if none)
         self.templates: list[Any] = [None] * slots
-        # MSG_READYs that need nothing but a view, by their first three
-        # words (kind | slot << 32, segment size, layout id): slot and
-        # template arrays (see Consumer.batches); one per slot at most
-        self.known: dict[tuple[int, int, int], tuple[int, Any]] = {}
+        # MSG_READYs that need nothing but a view, by their layout id (see
+        # control.layout_token: it names the slot and its segment too):
+        # slot and template arrays (see Consumer.batches); one per slot
+        self.known: dict[int, tuple[int, Any]] = {}
         self.known_keys: list[Any] = [None] * slots
         self.viewed: list[int] = []  # slots whose views may be out
         self.base_refs = 0  # refcount of a fresh owner
@@ -121,9 +117,8 @@ class Channel:
             del self.known[key]
             self.known_keys[slot] = None
         if cached is not None and cached[2] and cached[3]:  # arrays, an id
-            key = (_READY | slot << 32, self.sizes[slot], cached[3])
-            self.known[key] = (slot, cached[1])
-            self.known_keys[slot] = key
+            self.known[cached[3]] = (slot, cached[1])
+            self.known_keys[slot] = cached[3]
         return cached
 
 
@@ -591,15 +586,15 @@ class Consumer:
             # the word of each message entry that holds its number
             numbers = [(_ENTRIES + n * _ENTRY) >> 3
                        for n in range(page.capacity)]
-            hot.append((page, page.words, page.buffer, page.capacity, numbers,
+            hot.append((page, page.words, page.capacity, numbers,
                         channel.inbox, channel.known, channel.viewed,
                         channel.max_held))
-        (page, words, buffer, capacity, numbers, inbox, known, viewed,
+        (page, words, capacity, numbers, inbox, known, viewed,
          max_held) = hot[0]
         while True:
             position = self.position
             if n_channels > 1:
-                (page, words, buffer, capacity, numbers, inbox, known, viewed,
+                (page, words, capacity, numbers, inbox, known, viewed,
                  max_held) = hot[position % n_channels]
             if not position % collect_every:  # as next_batch does
                 collect()
@@ -609,7 +604,7 @@ class Consumer:
             number = numbers[read % capacity]
             if (words[number] == read + 1 and epoch == self.live
                     and not inbox and len(viewed) < max_held):
-                ready = known.get(_unpack_key(buffer, (number + 1) << 3))
+                ready = known.get(words[number + 3])  # its layout id
                 if ready is not None:
                     # taken; the page hears of it at the next flush
                     page.messages_read = read + 1

@@ -30,9 +30,10 @@ writes the bytes, so a reader could see a counter fall to 0)::
                                    once per MSG_READY, so they always fit)
 
 A MSG_READY's layout id names the batch's header (its sources' dtypes,
-shapes and offsets), 0 when the header must be read: a consumer that
-already knows that layout for that slot does not read the slot's header
-at all, so the header's cache line stays with the producer. For the same
+shapes and offsets) in that slot's current segment (see ``layout_token``),
+0 when the header must be read: a consumer that already knows it does not
+read the slot's header at all, so the header's cache line stays with the
+producer, and it looks the batch up by that one word. For the same
 reason each message has a cache line of its own and carries its number:
 the consumer looks at the next message's number, not at a counter that
 would be one more line to move between the cores.
@@ -92,6 +93,17 @@ FULL, PUSHED, WAKE = 0, 1, 2  # what push_message did
 SPIN_S = 500e-6
 BACKSTOP_S = 0.001
 BACKSTOP_MAX_S = 0.05
+
+
+def layout_token(layout_id: int, generation: int, slot: int) -> int:
+    """The layout id a MSG_READY carries: the producer's id of the batch's
+    layout, the slot's segment (counted per slot, modulo 4096: a consumer
+    is never that many segments behind) and the slot, in one word, unique
+    to what the consumer must have cached to skip the header; 0 (read the
+    header) if they do not fit."""
+    if not layout_id or layout_id >= 1 << 32 or slot >= 1 << 20:
+        return 0
+    return layout_id << 32 | (generation & 0xFFF) << 20 | slot
 
 
 def next_backstop(backstop: float, found: bool, woken: bool) -> float:

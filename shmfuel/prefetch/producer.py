@@ -118,6 +118,7 @@ class Producer:
         self.ready_messages = [layout.encode_message(layout.MSG_READY, slot)
                                for slot in range(slots)]
         self.layouts = 0  # layout ids handed out
+        self.generations = [0] * slots  # segments each slot has had
         self.control: control.ControlPage | None = None
         self.backstop = control.BACKSTOP_S
         self.spin_s = control.spin_s(workers)
@@ -235,6 +236,7 @@ class Producer:
                 os.close(fd)
             self.views[slot] = {}
             self.last[slot] = None
+            self.generations[slot] += 1
             if self.maps[slot] is not None:
                 try:
                     self.maps[slot].close()
@@ -303,7 +305,8 @@ class Producer:
         owner = numpy.frombuffer(mapping, numpy.uint8)
         targets = [numpy.ndarray(shape, dtype, buffer=owner, offset=offset)
                    for (dtype, shape), (_, _, _, offset, _) in zip(key, specs)]
-        result = self.views[slot][key] = (header, layout_id, mapping, targets)
+        token = control.layout_token(layout_id, self.generations[slot], slot)
+        result = self.views[slot][key] = (header, token, mapping, targets)
         return result
 
     def ready(self, slot: int, slow: bool) -> None:
