@@ -123,13 +123,12 @@ def test_a_corrupt_message_number_is_an_error_not_garbage():
 
 def test_asleep_flags_are_cleared_by_the_side_that_wakes():
     producer, consumer = pages()
-    assert not producer.needs_waking(control.CONSUMER_ASLEEP)
     consumer.fall_asleep(control.CONSUMER_ASLEEP)
-    assert producer.needs_waking(control.CONSUMER_ASLEEP)
-    assert not producer.needs_waking(control.CONSUMER_ASLEEP)  # once
+    assert producer.push_message(layout.MSG_END, 0, 0) == control.WAKE
+    assert producer.push_message(layout.MSG_END, 0, 1) == control.PUSHED  # once
     producer.fall_asleep(control.PRODUCER_ASLEEP)
-    producer.wake_up(control.PRODUCER_ASLEEP)
-    assert not consumer.needs_waking(control.PRODUCER_ASLEEP)
+    producer.wake_up(control.PRODUCER_ASLEEP)  # it woke by itself
+    assert not consumer.give_back([0])
 
 
 def test_giving_slots_back_says_when_the_producer_sleeps():

@@ -164,7 +164,7 @@ class Consumer:
         # holds more slots back, and leaves a fast producer longer without
         # one: past its spin, it sleeps.)
         self.to_free = 0
-        self.collect_every = self.flush_at = max(1, min(slots) // 4)
+        self.flush_at = max(1, min(slots) // 4)
 
     # -- receiving -----------------------------------------------------------
     def _receive(self, channel: Channel) -> None:
@@ -511,7 +511,7 @@ class Consumer:
                     "a Prefetcher can be used")
             raise StopIteration
         position = self.position
-        if not position % self.collect_every:
+        if not position % self.flush_at:
             self._collect()
             if self.to_free:
                 self._flush()
@@ -578,7 +578,7 @@ class Consumer:
         with ``next_batch``, which raises it again (see
         ``Prefetcher.get_epoch_iterator``).
         """
-        n_channels, collect_every = self.n_channels, self.collect_every
+        n_channels, flush_at = self.n_channels, self.flush_at
         next_batch, collect, flush = self.next_batch, self._collect, self._flush
         hot = []
         for channel in self.channels:
@@ -596,7 +596,7 @@ class Consumer:
             if n_channels > 1:
                 (page, words, capacity, numbers, inbox, known, viewed,
                  max_held) = hot[position % n_channels]
-            if not position % collect_every:  # as next_batch does
+            if not position % flush_at:  # as next_batch does
                 collect()
                 if self.to_free:
                     flush()

@@ -272,8 +272,9 @@ class ControlPage:
     def give_back(self, slots: list[int]) -> bool:
         """The consumer's flush: tell the producer how far its messages
         were read (a reader may advance ``messages_read`` alone), append
-        ``slots`` to the frees, and say whether the producer sleeps (as
-        ``needs_waking``: then send it MSG_WAKE)."""
+        ``slots`` to the frees, and say whether the producer sleeps (its
+        flag, cleared here: send it MSG_WAKE). The flag is read after a
+        barrier, so the frees are seen before it (see the module doc)."""
         words = self.words
         words[MESSAGES_READ] = self.messages_read
         if not slots:
@@ -312,18 +313,6 @@ class ControlPage:
 
     def wake_up(self, flag: int) -> None:
         self.words[flag] = 0
-
-    def needs_waking(self, flag: int) -> bool:
-        """Whether the other side sleeps (its flag, cleared here if set).
-
-        After a barrier: what the caller wrote is seen before the flag is
-        read (see the module doc)."""
-        barrier()
-        words = self.words
-        if words[flag]:
-            words[flag] = 0
-            return True
-        return False
 
 
 def create(slots: int) -> tuple[int, Any]:
