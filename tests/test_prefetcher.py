@@ -365,6 +365,24 @@ def test_close_is_idempotent_and_use_after_close_is_an_error():
                open(f"/proc/{pid}/status").read() for pid in pids)
 
 
+def test_batches_as_dicts_keep_their_order_and_their_errors():
+    with Prefetcher(sequential_stream(n=40, batch_size=2), hwm=4) as stream:
+        for _ in range(2):
+            got = [(sorted(b), b["x"].tolist())
+                   for b in stream.get_epoch_iterator(as_dict=True)]
+            assert got == [(["x"], [i, i + 1]) for i in range(0, 40, 2)]
+    def boom(data):
+        if data[0][0] == 6:
+            raise KeyError("no such example")
+        return data
+    with Prefetcher(Mapping(sequential_stream(), boom), hwm=4) as stream:
+        epoch = stream.get_epoch_iterator(as_dict=True)
+        assert [next(epoch)["x"].tolist() for _ in range(3)] == [[0, 1], [2, 3], [4, 5]]
+        for _ in range(2):  # this iterator too, not just new ones
+            with pytest.raises(KeyError, match="no such example"):
+                next(epoch)
+
+
 def test_an_epoch_iterator_ends_at_close_with_batches_ready():
     stream = Prefetcher(sequential_stream(n=100, batch_size=1), hwm=8)
     epoch = stream.get_epoch_iterator()

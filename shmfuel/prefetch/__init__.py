@@ -175,20 +175,21 @@ class Prefetcher(AbstractDataStream):
         self._check_open()
         as_dict = flag("as_dict", as_dict)
         epoch = self._consumer.start_epoch()
-        if as_dict:
-            return _DictIterator(self._consumer.next_batch, epoch, self._sources)
         # The iterator calls next_batch(epoch) until it raises StopIteration
         # (it never returns _NO_BATCH), with no Python frame between the
         # loop and the consumer. Once the Prefetcher is closed, it raises
         # ClosedError.
-        general = iter(functools.partial(self._consumer.next_batch, epoch),
-                       _NO_BATCH)
-        if self._consumer.pinning is not None or self._pool.controls[0] is None:
-            return general
-        # With control pages, the consumer's generator delivers most batches;
-        # once it ends (the epoch's end, or an exception it raised), chain
-        # goes on with next_batch, which says the same again.
-        return itertools.chain(self._consumer.batches(epoch), general)
+        batches: Iterator[Any] = iter(
+            functools.partial(self._consumer.next_batch, epoch), _NO_BATCH)
+        if self._consumer.pinning is None and self._pool.controls[0] is not None:
+            # With control pages, the consumer's generator delivers most
+            # batches; once it ends (the epoch's end, or an exception it
+            # raised), chain goes on with next_batch, which says the same
+            # again.
+            batches = itertools.chain(self._consumer.batches(epoch), batches)
+        if as_dict:
+            return map(functools.partial(_as_dict, self._sources), batches)
+        return batches
 
     def get_data(self, request: Any = None) -> Any:
         raise NotImplementedError("iterate a Prefetcher with "
@@ -266,20 +267,8 @@ class Prefetcher(AbstractDataStream):
 _NO_BATCH = object()
 
 
-class _DictIterator:
-    """An epoch's batches as dicts of their sources."""
-
-    def __init__(self, next_batch: Any, epoch: int,
-                 sources: tuple[str, ...]) -> None:
-        self.next_batch = next_batch
-        self.epoch = epoch
-        self.sources = sources
-
-    def __iter__(self) -> _DictIterator:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        return dict(zip(self.sources, self.next_batch(self.epoch)))
+def _as_dict(sources: tuple[str, ...], batch: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip(sources, batch))
 
 
 def _cuda_pinning() -> Any:
