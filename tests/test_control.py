@@ -176,11 +176,13 @@ def test_mode_follows_the_environment(monkeypatch):
     assert control.mode() in ("shared", "socket")
 
 
-def test_spinning_only_when_every_process_has_a_cpu(monkeypatch):
+def test_spinning_back_to_back_only_when_every_process_has_a_cpu(monkeypatch):
     monkeypatch.setattr(control.os, "sched_getaffinity", lambda pid: {0, 1},
                         raising=False)
-    assert control.spin_s(1) == control.SPIN_S  # consumer + 1 producer
-    assert control.spin_s(2) == 0.0  # three processes, two CPUs
+    assert control.spin_s(1) == (control.SPIN_S, False)  # consumer + 1 producer
+    # three processes, two CPUs: each look gives the CPU away, for less long
+    assert control.spin_s(2) == (control.YIELD_SPIN_S, True)
+    assert control.YIELD_SPIN_S < control.SPIN_S
 
 
 def test_wake_messages_decode():

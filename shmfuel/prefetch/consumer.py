@@ -133,7 +133,7 @@ class Consumer:
                                        pool.controls))]
         self.n_channels = len(self.channels)
         self.backstop = control.BACKSTOP_S
-        self.spin_s = control.spin_s(len(self.channels))
+        self.spin_s, self.spin_yields = control.spin_s(len(self.channels))
         for channel in self.channels:  # deliver a copy when held reaches it
             channel.max_held = -1 if copy else channel.slots - 1
         self.copy = copy
@@ -280,9 +280,12 @@ class Consumer:
         if page is not None:
             # the batch is often microseconds away: look again for a while
             until = perf_counter() + self.spin_s
+            yields = self.spin_yields
             while perf_counter() < until:
                 if page.messages_waiting():
                     return
+                if yields:  # more processes than CPUs
+                    os.sched_yield()
             page.fall_asleep(control.CONSUMER_ASLEEP)
             if page.messages_waiting():
                 page.wake_up(control.CONSUMER_ASLEEP)

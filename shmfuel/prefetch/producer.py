@@ -121,7 +121,7 @@ class Producer:
         self.generations = [0] * slots  # segments each slot has had
         self.control: control.ControlPage | None = None
         self.backstop = control.BACKSTOP_S
-        self.spin_s = control.spin_s(workers)
+        self.spin_s, self.spin_yields = control.spin_s(workers)
         self.alive_checked = time.monotonic()
 
     # -- control channel -------------------------------------------------
@@ -211,10 +211,12 @@ class Producer:
     def acquire(self, epoch: int) -> int | None:
         """A free slot, or None if the consumer left this epoch meanwhile."""
         page = self.control
-        if page is not None and self.spin_s:  # often freed within microseconds
+        if page is not None:  # often freed within microseconds
             until = time.perf_counter() + self.spin_s
+            yields = self.spin_yields
             while not page.frees_waiting() and time.perf_counter() < until:
-                pass
+                if yields:  # more processes than CPUs
+                    os.sched_yield()
         while not self.free:
             self.poll(POLL_S)
             if self.consumer_epoch > epoch:
