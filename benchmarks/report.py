@@ -178,6 +178,10 @@ REPORTS = [
     ("throughput_512B_hwm64.json", "python benchmarks/throughput.py --sizes "
      "'512 B' --hwm 64 --only memcpy read ring Prefetcher pyzmq "
      "--out benchmarks/results/throughput_512B_hwm64.json", throughput_table),
+    ("throughput_producers.json", "python benchmarks/throughput.py --sizes '512 B' "
+     "'64 KiB' '38.5 MB' --only 'bare shm' Prefetcher --repeat 5 --out "
+     "benchmarks/results/throughput_producers.json (2 producers looking again "
+     "a sched_yield apart)", throughput_table),
     ("throughput_gpu_machine.json", "python benchmarks/throughput.py --sizes '512 B' "
      "'38.5 MB' --only memcpy 'bare shm' Prefetcher pyzmq --repeat 5 "
      "(in benchmarks/gpu_check.sh)",
