@@ -7,7 +7,7 @@ truthy: ``allow_pickle="False"`` must not allow pickles.
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy
 
@@ -25,6 +25,16 @@ def flag(name: str, value: Any) -> bool:
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
+@overload
+def seconds(name: str, value: Any, optional: Literal[False] = False) -> float:
+    ...
+
+
+@overload
+def seconds(name: str, value: Any, optional: bool) -> float | None:
+    ...
+
+
 def seconds(name: str, value: Any, optional: bool = False) -> float | None:
     """``value`` as a positive number of seconds (or None if ``optional``);
     else a TypeError or ValueError naming ``name``."""
@@ -34,7 +44,8 @@ def seconds(name: str, value: Any, optional: bool = False) -> float | None:
         either = " or None" if optional else ""
         raise TypeError(f"{name} must be a number of seconds{either}, got "
                         f"{value!r}")
-    if not value > 0:  # NaN too
+    number = float(value)
+    if not number > 0:  # NaN too
         either = " or None" if optional else ""
         raise ValueError(f"{name} must be positive{either}, got {value!r}")
-    return float(value)
+    return number

@@ -191,7 +191,7 @@ class Consumer:
         """The payload of a MSG_ERROR: in the message (socket), or sent on
         the socket before the control page's MSG_ERROR."""
         if channel.control is None:
-            return value  # type: ignore[no-any-return]
+            return value
         self._sync(channel, lambda: bool(channel.errors))
         return channel.errors.popleft()
 
