@@ -2,8 +2,12 @@
 
 Data flow, in the training process::
 
-    control page of w    -> MSG_READY / MSG_END / MSG_ERROR: inbox[w], as
-                            they are (kind, a, b, layout id, busy ns)
+    control page of w    -> MSG_READY / MSG_END / MSG_ERROR, in order:
+                            a READY whose layout id (a token of layout,
+                            slot and segment) is known is taken straight
+                            off the page by ``batches``; anything else
+                            goes into inbox[w] as it is (kind, a, b,
+                            layout id, busy ns) for ``next_batch``
     socket of producer w -> MSG_SEGMENT: map the new segment of a slot
                             (before the MSG_READY naming its size), an
                             error's payload, MSG_WAKE; with no control
@@ -15,7 +19,8 @@ Data flow, in the training process::
                          message must be its MSG_END too
       MSG_ERROR       -> re-raise the pipeline's exception, for good
     owner referenced by us alone again (its reference count, checked every
-    few calls and before waiting) -> slot to producer w's free queue
+    quarter ring of batches and before waiting) -> slot to producer w's
+    free queue, with how far its messages were read
 
 Views stay valid as long as any of them is referenced: a slot is written
 again only after the consumer freed it, and that happens only
