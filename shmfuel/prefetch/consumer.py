@@ -6,8 +6,9 @@ Data flow, in the training process::
                             a READY whose layout id (a token of layout,
                             slot and segment) is known is taken straight
                             off the page by ``batches``; anything else
-                            goes into inbox[w] as it is (kind, a, b,
-                            layout id, busy ns) for ``next_batch``
+                            by ``next_batch``, as it is (kind, a, b,
+                            layout id, busy ns), through inbox[w] once a
+                            wait or ``stats()`` has moved it there
     socket of producer w -> MSG_SEGMENT: map the new segment of a slot
                             (before the MSG_READY naming its size), an
                             error's payload, MSG_WAKE; with no control
