@@ -174,19 +174,8 @@ class Prefetcher(AbstractDataStream):
         """A new epoch; what is left of the previous one is skipped."""
         self._check_open()
         as_dict = flag("as_dict", as_dict)
-        epoch = self._consumer.start_epoch()
-        # The iterator calls next_batch(epoch) until it raises StopIteration
-        # (it never returns _NO_BATCH), with no Python frame between the
-        # loop and the consumer. Once the Prefetcher is closed, it raises
-        # ClosedError.
-        batches: Iterator[Any] = iter(
-            functools.partial(self._consumer.next_batch, epoch), _NO_BATCH)
-        if self._consumer.pinning is None and self._pool.controls[0] is not None:
-            # With control pages, the consumer's generator delivers most
-            # batches; once it ends (the epoch's end, or an exception it
-            # raised), chain goes on with next_batch, which says the same
-            # again.
-            batches = itertools.chain(self._consumer.batches(epoch), batches)
+        # once the Prefetcher is closed, the iterator raises ClosedError
+        batches = self._consumer.epoch_iterator(self._consumer.start_epoch())
         if as_dict:
             return map(functools.partial(_as_dict, self._sources), batches)
         return batches
@@ -263,8 +252,6 @@ class Prefetcher(AbstractDataStream):
             "time_to_first_batch_s": consumer.first_batch_s,
         }
 
-
-_NO_BATCH = object()
 
 
 def _as_dict(sources: tuple[str, ...], batch: tuple[Any, ...]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import array
 import collections
+import functools
+import itertools
 import mmap
 import os
 import pickle
@@ -66,6 +68,7 @@ _ndarray = numpy.ndarray
 _loads = pickle.loads
 _WAKE = layout.encode_message(layout.MSG_WAKE)
 _ENTRIES, _ENTRY = control.ENTRIES, control.ENTRY
+_NO_BATCH = object()
 
 
 class Channel:
@@ -90,7 +93,6 @@ class Channel:
         # control.layout_token: it names the slot and its segment too):
         # slot and template arrays (see Consumer.batches); one per slot
         self.known: dict[int, tuple[int, Any]] = {}
-        self.known_keys: list[Any] = [None] * slots
         self.viewed: list[int] = []  # slots whose views may be out
         self.base_refs = 0  # refcount of a fresh owner
         self.free_refs = [0] * slots  # refcount of an owner nobody else holds
@@ -117,14 +119,12 @@ class Channel:
     def cache(self, slot: int, cached: Any) -> Any:
         """Keep ``cached`` (see ``templates``; None: forget) for ``slot``,
         and the MSG_READY it answers without a look at the header."""
+        old = self.templates[slot]
+        if old is not None:
+            self.known.pop(old[3], None)
         self.templates[slot] = cached
-        key = self.known_keys[slot]
-        if key is not None:
-            del self.known[key]
-            self.known_keys[slot] = None
         if cached is not None and cached[2] and cached[3]:  # arrays, an id
             self.known[cached[3]] = (slot, cached[1])
-            self.known_keys[slot] = cached[3]
         return cached
 
 
@@ -573,6 +573,21 @@ class Consumer:
             channel.to_free.append(slot)
             self.to_free += 1
         return self._finish(tuple(values))
+
+    def epoch_iterator(self, epoch: int) -> Iterator[tuple[Any, ...]]:
+        """The batches of ``epoch``, started by ``start_epoch``.
+
+        ``next_batch(epoch)`` called until it raises StopIteration (it never
+        returns the sentinel), with no Python frame between the loop and
+        the consumer. With control pages and no pinning, ``batches``
+        delivers most batches first; once it ends (the epoch's end, or an
+        exception it raised), chain goes on with ``next_batch``, which says
+        the same again.
+        """
+        general = iter(functools.partial(self.next_batch, epoch), _NO_BATCH)
+        if self.pinning is not None or self.channels[0].control is None:
+            return general
+        return itertools.chain(self.batches(epoch), general)
 
     def batches(self, epoch: int) -> Iterator[tuple[Any, ...]]:
         """The batches of ``epoch`` (with control pages and no pinning); it
