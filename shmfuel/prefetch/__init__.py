@@ -17,7 +17,6 @@ Prefetcher gives numpy arrays that are views of those slots. Module map:
 from __future__ import annotations
 
 import functools
-import itertools
 import weakref
 from collections.abc import Iterator
 from typing import Any
