@@ -79,17 +79,17 @@ def test_a_layout_token_names_layout_segment_and_slot():
 def test_frees_arrive_in_order_and_a_double_free_is_refused():
     producer, consumer = pages(slots=4)
     assert not producer.frees_waiting()
-    consumer.push_frees([2, 0])
+    consumer.give_back([2, 0])
     assert producer.frees_waiting()
-    consumer.push_frees([3])
+    consumer.give_back([3])
     assert producer.pop_frees() == [2, 0, 3]
     assert producer.pop_frees() == []
     for _ in range(10):  # wrap around
-        consumer.push_frees([1, 2, 3, 0])
+        consumer.give_back([1, 2, 3, 0])
         assert producer.pop_frees() == [1, 2, 3, 0]
-    consumer.push_frees([0, 1, 2, 3])
+    consumer.give_back([0, 1, 2, 3])
     with pytest.raises(ValueError, match="freed twice"):
-        consumer.push_frees([0])
+        consumer.give_back([0])
 
 
 @pytest.mark.parametrize("slots", [1, 3, 16])
@@ -103,7 +103,7 @@ def test_frees_of_every_burst_size_come_back_in_order(slots):
         rng.shuffle(freeable)
         cut = rng.randint(0, len(freeable))
         burst, freeable = freeable[:cut], freeable[cut:]
-        consumer.push_frees(burst)
+        consumer.give_back(burst)
         sent += burst
         if rng.random() < 0.7:
             popped = producer.pop_frees()

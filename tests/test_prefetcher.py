@@ -409,6 +409,58 @@ def test_an_epoch_iterator_ends_at_close_with_batches_ready():
             next(epoch)
 
 
+def test_one_producer_gets_slots_back_once_under_half_a_ring_is_ready():
+    with Prefetcher(sequential_stream(n=400, batch_size=1), hwm=8) as stream:
+        consumer = stream._consumer
+        channel, flush_at = consumer.channels[0], consumer.flush_at
+        page = channel.control
+        if page is None:
+            pytest.skip("no control page: every batch takes the general path")
+        from shmfuel.prefetch import control
+        lead = 2 * flush_at
+
+        def ready():  # batches announced on the page, in a row, not taken
+            read, n = page.messages_read, 0
+            while page.words[(control.ENTRIES + (read + n) % page.capacity
+                              * control.ENTRY) >> 3] == read + n + 1:
+                n += 1
+            return n
+
+        def frees_written():
+            return page.words[control.FREES_WRITTEN]
+
+        epoch = stream.get_epoch_iterator()
+        taken = [int(next(epoch)[0][0]) for _ in range(16)]  # layouts known
+        # at a flush point, with more than half a ring ready on the page:
+        # the batch comes, and the released slots stay with the consumer
+        for _ in range(200):
+            if (not channel.inbox and ready() > lead
+                    and not consumer.position % flush_at):
+                break
+            time.sleep(0.01)
+            taken.append(int(next(epoch)[0][0]))
+        else:
+            pytest.fail("the producer never got half a ring ahead")
+        released, before = len(channel.viewed), frees_written()
+        assert released  # dropped, so free to go back
+        taken.append(int(next(epoch)[0][0]))
+        assert frees_written() == before
+        assert len(channel.viewed) == released + 1
+        # the producer makes no batch without a slot: its lead runs out,
+        # and then the released slots go back to it at the next flush point
+        for _ in range(16):
+            if not consumer.position % flush_at and ready() <= lead:
+                break
+            taken.append(int(next(epoch)[0][0]))
+        else:
+            pytest.fail("the producer stayed half a ring ahead without slots")
+        before = frees_written()
+        taken.append(int(next(epoch)[0][0]))
+        assert frees_written() > before
+        assert len(channel.viewed) == 1  # that batch: dropped, not yet looked at
+        assert taken == list(range(len(taken)))
+
+
 def test_stats():
     with Prefetcher(sequential_stream(), hwm=4) as stream:
         assert stream.stats()["time_to_first_batch_s"] is None

@@ -20,8 +20,9 @@ Data flow, in the training process::
                          message must be its MSG_END too
       MSG_ERROR       -> re-raise the pipeline's exception, for good
     owner referenced by us alone again (its reference count, checked every
-    quarter ring of batches and before waiting) -> slot to producer w's
-    free queue, with how far its messages were read
+    quarter ring of batches and before waiting; by ``batches`` with one
+    producer, only while under half a ring of batches is ready) -> slot to
+    producer w's free queue, with how far its messages were read
 
 Views stay valid as long as any of them is referenced: a slot is written
 again only after the consumer freed it, and that happens only
@@ -109,6 +110,13 @@ class Channel:
         self.max_held = slots - 1
         self.to_free: list[int] = []
         self.busy_ns = 0
+
+    def wake(self) -> None:
+        """Wake the producer, found asleep by a flush."""
+        try:
+            self.sock.send(_WAKE)
+        except OSError:
+            pass
 
     @property
     def held(self) -> int:
@@ -401,10 +409,7 @@ class Consumer:
             page = channel.control
             if page is not None:
                 if page.give_back(channel.to_free):
-                    try:
-                        channel.sock.send(_WAKE)
-                    except OSError:
-                        pass
+                    channel.wake()
                 if channel.to_free:
                     channel.to_free = []
             elif channel.to_free:
@@ -615,15 +620,37 @@ class Consumer:
                         channel.max_held))
         (page, words, capacity, numbers, inbox, known, viewed,
          max_held) = hot[0]
+        solo = self.channels[0] if n_channels == 1 else None
+        owners, free_refs = self.channels[0].owners, self.channels[0].free_refs
+        lead = 2 * flush_at  # half a ring, less than a page's capacity
         while True:
             position = self.position
             if n_channels > 1:
                 (page, words, capacity, numbers, inbox, known, viewed,
                  max_held) = hot[position % n_channels]
             if not position % flush_at:  # as next_batch does
-                collect()
-                if self.to_free:
-                    flush()
+                if solo is None or self.to_free:
+                    collect()
+                    if self.to_free:
+                        flush()
+                else:
+                    # One producer, no copies' slots to free: _collect and
+                    # _flush in place (they were a quarter of this loop's
+                    # cost), and only while fewer than half a ring of
+                    # batches is ready; with more, the producer does not
+                    # wait for these slots yet.
+                    ahead = page.messages_read + lead
+                    if words[numbers[ahead % capacity]] != ahead + 1:
+                        out, released = [], []
+                        for slot in viewed:
+                            if getrefcount(owners[slot]) > free_refs[slot]:
+                                out.append(slot)
+                            else:
+                                released.append(slot)
+                        if released:
+                            viewed[:] = out
+                        if page.give_back(released):
+                            solo.wake()
             read = page.messages_read
             number = numbers[read % capacity]
             if (words[number] == read + 1 and epoch == self.live

@@ -262,11 +262,20 @@ class ControlPage:
         return messages
 
     # -- consumer -> producer ----------------------------------------------
-    def push_frees(self, slots: list[int]) -> None:
+    def give_back(self, slots: list[int]) -> bool:
+        """The consumer's flush: tell the producer how far its messages
+        were read (a reader may advance ``messages_read`` alone), append
+        ``slots`` to the frees, and say whether the producer sleeps (its
+        flag, cleared here: send it MSG_WAKE). The flag is read after a
+        barrier, so the frees are seen before it (see the module doc)."""
+        words = self.words
+        words[MESSAGES_READ] = self.messages_read
+        if not slots:
+            return False
         frees, written, capacity = self.frees, self.frees_written, self.slots
         count = len(slots)
         if written + count - self.seen_frees_read > capacity:
-            self.seen_frees_read = self.words[FREES_READ]
+            self.seen_frees_read = words[FREES_READ]
             if written + count - self.seen_frees_read > capacity:
                 raise ValueError("more slots freed than the producer has: "
                                  "a slot was freed twice")
@@ -278,19 +287,7 @@ class ControlPage:
             split = capacity - start
             frees[start:] = array.array("I", slots[:split])
             frees[:end - capacity] = array.array("I", slots[split:])
-        self.frees_written = self.words[FREES_WRITTEN] = written + count
-
-    def give_back(self, slots: list[int]) -> bool:
-        """The consumer's flush: tell the producer how far its messages
-        were read (a reader may advance ``messages_read`` alone), append
-        ``slots`` to the frees, and say whether the producer sleeps (its
-        flag, cleared here: send it MSG_WAKE). The flag is read after a
-        barrier, so the frees are seen before it (see the module doc)."""
-        words = self.words
-        words[MESSAGES_READ] = self.messages_read
-        if not slots:
-            return False
-        self.push_frees(slots)
+        self.frees_written = words[FREES_WRITTEN] = written + count
         _barrier_lock.acquire()  # barrier(), inlined
         _barrier_lock.release()
         if words[PRODUCER_ASLEEP]:
