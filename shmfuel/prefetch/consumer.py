@@ -111,6 +111,20 @@ class Channel:
         self.to_free: list[int] = []
         self.busy_ns = 0
 
+    def take_released(self) -> list[int]:
+        """The slots in ``viewed`` whose owner only the consumer references
+        again (see ``Consumer._collect``), taken out of it."""
+        viewed, owners, free_refs = self.viewed, self.owners, self.free_refs
+        out, released = [], []
+        for slot in viewed:
+            if getrefcount(owners[slot]) > free_refs[slot]:
+                out.append(slot)
+            else:
+                released.append(slot)
+        if released:
+            viewed[:] = out  # in place: batches() holds the list
+        return released
+
     def wake(self) -> None:
         """Wake the producer, found asleep by a flush."""
         try:
@@ -352,19 +366,11 @@ class Consumer:
         CPython builds with a GIL that shmfuel supports.)
         """
         for channel in self.channels:
-            viewed = channel.viewed
-            if not viewed:
+            if not channel.viewed:
                 continue
-            owners, free_refs = channel.owners, channel.free_refs
-            out, released = [], []
-            for slot in viewed:
-                if getrefcount(owners[slot]) > free_refs[slot]:
-                    out.append(slot)
-                else:
-                    released.append(slot)
+            released = channel.take_released()
             if not released:
                 continue
-            viewed[:] = out  # in place: batches() holds the list
             if self.pinning is not None:
                 event = self.pinning.record()  # one event serves them all
                 self.in_flight.extend([(event, channel.worker, slot)
@@ -621,7 +627,6 @@ class Consumer:
         (page, words, capacity, numbers, inbox, known, viewed,
          max_held) = hot[0]
         solo = self.channels[0] if n_channels == 1 else None
-        owners, free_refs = self.channels[0].owners, self.channels[0].free_refs
         lead = 2 * flush_at  # half a ring, less than a page's capacity
         while True:
             position = self.position
@@ -640,17 +645,9 @@ class Consumer:
                     # batches is ready; with more, the producer does not
                     # wait for these slots yet.
                     ahead = page.messages_read + lead
-                    if words[numbers[ahead % capacity]] != ahead + 1:
-                        out, released = [], []
-                        for slot in viewed:
-                            if getrefcount(owners[slot]) > free_refs[slot]:
-                                out.append(slot)
-                            else:
-                                released.append(slot)
-                        if released:
-                            viewed[:] = out
-                        if page.give_back(released):
-                            solo.wake()
+                    if (words[numbers[ahead % capacity]] != ahead + 1
+                            and page.give_back(solo.take_released())):
+                        solo.wake()
             read = page.messages_read
             number = numbers[read % capacity]
             if (words[number] == read + 1 and epoch == self.live
