@@ -31,13 +31,28 @@ def test_messages_arrive_in_order_across_many_wraps():
     assert not consumer.messages_waiting()
 
 
+def test_messages_waiting_counts_what_is_written_and_not_read():
+    producer, consumer = pages(slots=2)
+    capacity = 2 + control.SPARE
+    for _ in range(3):  # and around the end of the queue
+        for n in range(capacity - 1):
+            producer.push_message(layout.MSG_END, 0, n)
+            assert consumer.messages_waiting(n + 1)
+            assert not consumer.messages_waiting(n + 2)
+        consumer.pop_message()
+        assert consumer.messages_waiting(capacity - 2)
+        assert not consumer.messages_waiting(capacity - 1)
+        consumer.pop_messages()
+        assert not consumer.messages_waiting()
+
+
 def test_a_full_message_queue_refuses_and_writes_nothing():
     producer, consumer = pages(slots=2)
     capacity = 2 + control.SPARE
     for n in range(capacity):
         assert producer.push_message(layout.MSG_END, 0, n)
     assert not producer.push_message(layout.MSG_END, 0, 999)
-    assert consumer.messages_waiting()
+    assert consumer.messages_waiting(capacity)
     assert [m[2] for m in consumer.pop_messages()] == list(range(capacity))
     assert producer.push_message(layout.MSG_END, 0, 999)
     assert consumer.pop_messages() == [(layout.MSG_END, 0, 999, 0, 0)]

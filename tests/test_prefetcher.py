@@ -417,14 +417,7 @@ def test_one_producer_gets_slots_back_once_under_half_a_ring_is_ready():
         if page is None:
             pytest.skip("no control page: every batch takes the general path")
         from shmfuel.prefetch import control
-        lead = 2 * flush_at
-
-        def ready():  # batches announced on the page, in a row, not taken
-            read, n = page.messages_read, 0
-            while page.words[(control.ENTRIES + (read + n) % page.capacity
-                              * control.ENTRY) >> 3] == read + n + 1:
-                n += 1
-            return n
+        half_ring = 2 * flush_at
 
         def frees_written():
             return page.words[control.FREES_WRITTEN]
@@ -434,7 +427,7 @@ def test_one_producer_gets_slots_back_once_under_half_a_ring_is_ready():
         # at a flush point, with more than half a ring ready on the page:
         # the batch comes, and the released slots stay with the consumer
         for _ in range(200):
-            if (not channel.inbox and ready() > lead
+            if (not channel.inbox and page.messages_waiting(half_ring)
                     and not consumer.position % flush_at):
                 break
             time.sleep(0.01)
@@ -449,7 +442,8 @@ def test_one_producer_gets_slots_back_once_under_half_a_ring_is_ready():
         # the producer makes no batch without a slot: its lead runs out,
         # and then the released slots go back to it at the next flush point
         for _ in range(16):
-            if not consumer.position % flush_at and ready() <= lead:
+            if (not consumer.position % flush_at
+                    and not page.messages_waiting(half_ring)):
                 break
             taken.append(int(next(epoch)[0][0]))
         else:

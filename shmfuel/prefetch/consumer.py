@@ -627,7 +627,7 @@ class Consumer:
         (page, words, capacity, numbers, inbox, known, viewed,
          max_held) = hot[0]
         solo = self.channels[0] if n_channels == 1 else None
-        lead = 2 * flush_at  # half a ring, less than a page's capacity
+        half_ring = 2 * flush_at
         while True:
             position = self.position
             if n_channels > 1:
@@ -644,8 +644,9 @@ class Consumer:
                     # cost), and only while fewer than half a ring of
                     # batches is ready; with more, the producer does not
                     # wait for these slots yet.
-                    ahead = page.messages_read + lead
-                    if (words[numbers[ahead % capacity]] != ahead + 1
+                    last = page.messages_read + half_ring - 1
+                    # not page.messages_waiting(half_ring), inlined
+                    if (words[numbers[last % capacity]] != last + 1
                             and page.give_back(solo.take_released())):
                         solo.wake()
             read = page.messages_read

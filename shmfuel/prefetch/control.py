@@ -228,10 +228,13 @@ class ControlPage:
         self.words[CONSUMER_ASLEEP] = 0
         return WAKE
 
-    def messages_waiting(self) -> bool:
-        read = self.messages_read
-        return bool(self.words[(ENTRIES + read % self.capacity * ENTRY) >> 3]
-                    == read + 1)
+    def messages_waiting(self, count: int = 1) -> bool:
+        """Whether at least ``count`` (at most ``capacity``) messages are
+        written and not yet read: messages are written in order, so the
+        last of them tells."""
+        last = self.messages_read + count - 1
+        return bool(self.words[(ENTRIES + last % self.capacity * ENTRY) >> 3]
+                    == last + 1)
 
     def pop_message(self) -> tuple[int, int, int, int, int] | None:
         """The next message, or None if it is not written yet."""
