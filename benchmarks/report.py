@@ -110,6 +110,15 @@ def throughput_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def targets_table(data: dict[str, Any]) -> list[str]:
+    """The transport targets, worked out from every round's rates (so
+    results written before the benchmark reported them get them too)."""
+    from throughput import check_targets
+    from throughput import targets_table as rows_of
+    headers, rows = rows_of(check_targets(data["results"]))
+    return [_row(headers), _row(["---"] * len(headers))] + [_row(row) for row in rows]
+
+
 def scaling_lines(data: dict[str, Any]) -> list[str]:
     one = data["throughput"]["1"]["median"]
     two = data["throughput"]["2"]["median"]
@@ -175,6 +184,10 @@ REPORTS = [
      "--rounds 3 --plot", gpu_idle_table),
     ("gpu_idle_cuda_graph_h200.json", "the same on an H200 machine", gpu_idle_table),
     ("throughput.json", "python benchmarks/throughput.py", throughput_table),
+    ("throughput.json", "python benchmarks/throughput.py: its targets", targets_table),
+    ("throughput_slow_phase.json", "python benchmarks/throughput.py --repeat 5 --out "
+     "benchmarks/results/throughput_slow_phase.json (a slow phase): its targets",
+     targets_table),
     ("throughput_512B_hwm64.json", "python benchmarks/throughput.py --sizes "
      "'512 B' --hwm 64 --only memcpy read ring Prefetcher pyzmq "
      "--out benchmarks/results/throughput_512B_hwm64.json", throughput_table),

@@ -38,7 +38,9 @@ table gives batches/s, GB/s and the ratio to the Prefetcher with one
 producer. The repeats run in rounds, every transport once per round, so
 that a slow phase of a noisy machine does not fall on one transport only,
 and each ratio is the median of the ratios within a round (the JSON keeps
-every round's rate, ``rounds``).
+every round's rate, ``rounds``). A last table checks the targets set for
+a 2-core machine (``TARGETS``), round by round, next to the bare ring's
+value on the same measure; the JSON has them as ``targets``.
 
     python benchmarks/throughput.py [--quick] [--repeat 3]
 """
@@ -352,18 +354,80 @@ def run_dataloader(workers: int) -> Callable[[int, int], Timing]:
     return run
 
 
+# -- targets ------------------------------------------------------------------
+
+BARE = "bare shm ring"
+PYZMQ = "pyzmq PUSH/PULL tcp"
+# what the Prefetcher with one producer must reach on a 2-core machine: the
+# batch size, the measure (None: batches/s; else the ratio to that transport
+# within each round) and its least value
+TARGETS = [("512 B", None, 250_000.0),
+           ("38.5 MB", "memcpy", 0.9),
+           ("38.5 MB", PYZMQ, 4.0)]
+
+
+def _measure(by_name: dict[str, Any], name: str, versus: str | None) -> list[float]:
+    rounds = by_name[name]["rounds"]
+    if versus is None:
+        return list(rounds)
+    return [a / b for a, b in zip(rounds, by_name[versus]["rounds"])]
+
+
+def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target whose transports were run: the Prefetcher's value in
+    every round, whether its median reaches the target, in how many rounds
+    it did, and the bare ring's value on the same measure (what a transport
+    that only hands batches over reached in the same rounds)."""
+    checks = []
+    for size, versus, least in TARGETS:
+        by_name = results.get(size, {})
+        if REFERENCE not in by_name or (versus is not None and versus not in by_name):
+            continue
+        values = _measure(by_name, REFERENCE, versus)
+        check = {"size": size, "measure": "batches/s" if versus is None
+                 else f"ratio to {versus}", "at_least": least,
+                 "value": summary(values), "met": summary(values)["median"] >= least,
+                 "rounds_met": sum(value >= least for value in values),
+                 "rounds": len(values)}
+        if BARE in by_name:
+            check[BARE] = summary(_measure(by_name, BARE, versus))
+        checks.append(check)
+    return checks
+
+
+def targets_table(checks: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows for ``table``: each target, the Prefetcher's median
+    (min-max), whether and in how many rounds it reached the target, and the
+    bare ring's median on the same measure."""
+    def show(value: float, ratio: bool, digits: int = 2) -> str:
+        return f"{value:.{digits}f}x" if ratio else f"{value:,.0f}"
+    rows = []
+    for check in checks:
+        ratio = check["measure"] != "batches/s"
+        value, bare = check["value"], check.get(BARE)
+        what = check["measure"].removeprefix("ratio to ") if ratio else "batches/s"
+        rows.append([f"{check['size']}: >= {show(check['at_least'], ratio, 1)} {what}",
+                     f"{show(value['median'], ratio)} ({show(value['min'], ratio)}"
+                     f"-{show(value['max'], ratio)})",
+                     f"{'yes' if check['met'] else 'no'} ({check['rounds_met']} of "
+                     f"{check['rounds']} rounds)",
+                     show(bare["median"], ratio) if bare else "-"])
+    return (["target", f"{REFERENCE} median (min-max)", "met",
+             f"{BARE}, same measure"], rows)
+
+
 def transports() -> dict[str, Callable[[int, int], Timing]]:
     found: dict[str, Callable[[int, int], Timing]] = {
         "memcpy": run_memcpy(read=False),
         "read": run_read,
         "memcpy + read": run_memcpy(read=True),
-        "bare shm ring": run_bare_ring,
+        BARE: run_bare_ring,
         "shmfuel Prefetcher w=1": run_prefetcher(1),
         "shmfuel Prefetcher w=2": run_prefetcher(2),
         "multiprocessing.Queue": run_queue,
     }
     if importlib.util.find_spec("zmq") is not None:
-        found["pyzmq PUSH/PULL tcp"] = run_pull(fuel_style=False)
+        found[PYZMQ] = run_pull(fuel_style=False)
         found["Fuel-style server tcp"] = run_pull(fuel_style=True)
         found["shmfuel bridge tcp"] = run_bridge
     if importlib.util.find_spec("torch") is not None:
@@ -432,10 +496,14 @@ def main() -> None:
               f"{1 if args.quick else args.repeat}):")
         print(table(["transport", "batches/s", "GB/s", "vs Prefetcher w=1",
                      "GB/s whole run"], rows))
+    checks = check_targets(results)
+    if checks:
+        print("\nTargets on a 2-core machine (ratios within a round):")
+        print(table(*targets_table(checks)))
     write_json(args.out, {"benchmark": "throughput", "machine": machine(), "hwm": HWM,
                           "reference": REFERENCE,
                           "repeat": 1 if args.quick else args.repeat,
-                          "results": results})
+                          "results": results, "targets": checks})
 
 
 if __name__ == "__main__":

@@ -40,6 +40,57 @@ def test_throughput_quick(tmp_path):
         assert len(result["rounds"]) == 1 and result["rounds"][0] > 0
     reference = data["results"]["512 B"][data["reference"]]
     assert reference["vs_reference"]["median"] == pytest.approx(1.0)
+    # the 512-byte target is checked; the 38.5 MB ones were not run
+    target, = data["targets"]
+    assert target["size"] == "512 B" and target["at_least"] == 250_000
+    assert target["value"]["median"] == reference["batches_per_s"]["median"]
+    assert target["met"] == (target["rounds_met"] == 1) and target["rounds"] == 1
+    assert target["bare shm ring"]["median"] == (
+        data["results"]["512 B"]["bare shm ring"]["batches_per_s"]["median"])
+
+
+def _throughput_module():
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import throughput
+    finally:
+        sys.path.remove(BENCHMARKS)
+    return throughput
+
+
+def test_throughput_targets_are_checked_round_by_round():
+    throughput = _throughput_module()
+
+    def rounds(*rates):
+        return {"rounds": list(rates)}
+    results = {
+        "512 B": {"shmfuel Prefetcher w=1": rounds(300_000, 200_000, 260_000),
+                  "bare shm ring": rounds(500_000, 300_000, 400_000)},
+        "38.5 MB": {"shmfuel Prefetcher w=1": rounds(9.0, 10.0, 6.0),
+                    "memcpy": rounds(10.0, 12.5, 10.0),
+                    "bare shm ring": rounds(10.0, 9.0, 5.0)},
+    }
+    fast, copy = throughput.check_targets(results)  # pyzmq was not run
+    assert (fast["size"], fast["measure"]) == ("512 B", "batches/s")
+    assert fast["value"] == {"median": 260_000, "min": 200_000, "max": 300_000,
+                             "runs": 3}
+    assert fast["met"] and fast["rounds_met"] == 2
+    assert fast["bare shm ring"]["median"] == 400_000
+    # ratios within each round: 0.9, 0.8, 0.6 (the ratio of the medians
+    # would be 0.9)
+    assert (copy["size"], copy["measure"]) == ("38.5 MB", "ratio to memcpy")
+    assert copy["value"]["median"] == pytest.approx(0.8)
+    assert copy["value"]["min"] == pytest.approx(0.6)
+    assert not copy["met"] and copy["rounds_met"] == 1
+    assert copy["bare shm ring"]["median"] == pytest.approx(0.72)
+    results["512 B"]["shmfuel Prefetcher w=1"] = rounds(300_000, 200_000, 240_000)
+    fast = throughput.check_targets(results)[0]
+    assert not fast["met"] and fast["rounds_met"] == 1
+    headers, rows = throughput.targets_table(throughput.check_targets(results))
+    assert headers[0] == "target" and len(rows) == 2
+    assert rows[0] == ["512 B: >= 250,000 batches/s", "240,000 (200,000-300,000)",
+                       "no (1 of 3 rounds)", "400,000"]
+    assert rows[1][0] == "38.5 MB: >= 0.9x memcpy"
 
 
 @pytest.mark.timeout(120)
@@ -170,3 +221,8 @@ def test_report_renders_the_committed_results():
     assert "GPU ms per step: 3.39" in result.stdout
     assert "| shmfuel Prefetcher w=1 | 371,717 | 162 (6.23) |" in result.stdout
     assert "| shmfuel Prefetcher w=1 | 190,111 | 180 (6.94) |" in result.stdout  # H100
+    # the transport targets, worked out from the committed rounds
+    assert "| 512 B: >= 250,000 batches/s | 293,527 (190,994-388,619) | yes (3 of 5 " \
+        "rounds) | 482,175 |" in result.stdout
+    assert "| 38.5 MB: >= 0.9x memcpy | 0.94x (0.76x-1.01x) | yes (3 of 5 rounds) " \
+        "| 1.00x |" in result.stdout  # the slow phase's run
