@@ -116,6 +116,10 @@ def test_quick_runs(tmp_path, script, args, keys):
             assert 0 < mode["utilisation_pct"] <= 100
     else:
         assert set(data["throughput"]) == {"1", "2"}
+        target = data["target"]
+        ratio = data["throughput"]["2"]["median"] / data["throughput"]["1"]["median"]
+        assert target["ratio"] == pytest.approx(ratio) and target["at_least"] == 1.8
+        assert target["met"] == (ratio >= 1.8)
         assert "fork" in data["time_to_first_batch_s"]
         start_up = data["start_up_with_dataset"]["results"]
         assert {"fork", "forkserver", "spawn"} <= set(start_up)
