@@ -15,7 +15,8 @@ runs a step on each. The step is either
 
 The loop is fed in-process, by torch's DataLoader (2/4/8 workers, pinned
 memory on CUDA), by shmfuel's Prefetcher (2/4/8 producers, with and without
-``pin_memory`` on CUDA) and by the bridge (server with 2 producers). For
+``pin_memory`` on CUDA; with ``--idle-producers`` also with the producers at
+idle CPU priority) and by the bridge (server with 2 producers). For
 each mode: utilisation = pure compute time (the same steps with the data
 already in place) / wall time, over all steps after the first batch and
 in the steady state (after ``--warmup`` steps, which fill every feeder's
@@ -385,8 +386,16 @@ def pure_compute(accelerator: Any, data: dict[str, numpy.ndarray], steps: int) -
     return time.perf_counter() - started
 
 
+def idle_priority(worker: int) -> None:
+    """A Prefetcher's ``worker_init_fn``: the producer runs only on a CPU
+    that nothing else wants (Linux's SCHED_IDLE), so the training loop gets
+    a CPU as soon as it wakes."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def modes(data: dict[str, numpy.ndarray], device: str, workers: list[int],
-          include: list[str]) -> dict[str, Callable[[], tuple[Iterator[Any], Callable[[], None]]]]:
+          include: list[str], idle: bool = False
+          ) -> dict[str, Callable[[], tuple[Iterator[Any], Callable[[], None]]]]:
     found: dict[str, Callable[[], tuple[Iterator[Any], Callable[[], None]]]] = {}
 
     def in_process() -> tuple[Iterator[Any], Callable[[], None]]:
@@ -407,17 +416,23 @@ def modes(data: dict[str, numpy.ndarray], device: str, workers: list[int],
         for n in workers:
             found[f"torch DataLoader w={n}"] = loader(n)
 
-    def prefetcher(n: int, pin: bool) -> Callable[[], tuple[Iterator[Any], Callable[[], None]]]:
+    def prefetcher(n: int, pin: bool, idle: bool = False
+                   ) -> Callable[[], tuple[Iterator[Any], Callable[[], None]]]:
         def make() -> tuple[Iterator[Any], Callable[[], None]]:
             from shmfuel import Prefetcher
             stream = Prefetcher(shmfuel_stream(data), workers=n, hwm=max(8, 2 * n),
-                                pin_memory=pin)
+                                pin_memory=pin,
+                                worker_init_fn=idle_priority if idle else None)
             return forever(stream.get_epoch_iterator), stream.close
         return make
     for n in workers:
         found[f"shmfuel Prefetcher w={n}"] = prefetcher(n, False)
+        if idle:
+            found[f"shmfuel Prefetcher w={n} idle"] = prefetcher(n, False, True)
         if device == "cuda":
             found[f"shmfuel Prefetcher w={n} pinned"] = prefetcher(n, True)
+            if idle:
+                found[f"shmfuel Prefetcher w={n} pinned idle"] = prefetcher(n, True, True)
 
     if importlib.util.find_spec("zmq") is not None:
         def bridge() -> tuple[Iterator[Any], Callable[[], None]]:
@@ -497,6 +512,10 @@ def main() -> None:
                         help="run every mode this many times, in rounds, with the "
                              "compute floor measured between rounds; the median "
                              "round is reported, and every round's utilisation")
+    parser.add_argument("--idle-producers", action="store_true",
+                        help="also run each Prefetcher mode with its producers at "
+                             "idle CPU priority (SCHED_IDLE, through worker_init_fn; "
+                             "Linux)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plot", action="store_true")
     parser.add_argument("--out", default=None)
@@ -507,6 +526,8 @@ def main() -> None:
         parser.error("--graph needs --device cuda (CUDA graphs)")
     if args.rounds < 1 or args.steps < 2:
         parser.error("--rounds must be at least 1 and --steps at least 2")
+    if args.idle_producers and not hasattr(os, "SCHED_IDLE"):
+        parser.error("--idle-producers needs Linux's SCHED_IDLE")
     warmup = min(args.warmup, args.steps // 2)
     name = f"gpu_idle_{args.device}{'_graph' if args.graph else ''}.json"
     out = args.out or os.path.join(HERE, "results", name)
@@ -539,7 +560,7 @@ def main() -> None:
           f"{augment_ms:.2f} ms per batch on one core", file=sys.stderr)
     # every mode once per round, the compute floor measured before and after
     # each round (see ``summarise``)
-    chosen = modes(data, args.device, args.workers, args.only)
+    chosen = modes(data, args.device, args.workers, args.only, args.idle_producers)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for round_ in range(args.rounds):
         for name, make in chosen.items():

@@ -105,7 +105,8 @@ def test_disk_datasets_quick(tmp_path):
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("script,args,keys", [
-    ("gpu_idle.py", ["--device", "cpu"], {"in-process", "shmfuel Prefetcher w=2"}),
+    ("gpu_idle.py", ["--device", "cpu", "--idle-producers"],
+     {"in-process", "shmfuel Prefetcher w=2", "shmfuel Prefetcher w=2 idle"}),
     ("scaling.py", [], None),
 ])
 def test_quick_runs(tmp_path, script, args, keys):

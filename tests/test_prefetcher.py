@@ -47,6 +47,39 @@ def test_start_methods_and_closures(start_method):
     assert got == [[100 + i, 101 + i] for i in range(0, 20, 2)]
 
 
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_worker_init_fn_runs_in_each_producer_before_its_batches(start_method):
+    psutil = pytest.importorskip("psutil")
+    niceness = os.nice(0)
+
+    def lower_priority(worker):
+        os.nice(3)
+        os.environ["SHMFUEL_TEST_WORKER"] = str(worker)
+
+    def tag(data):
+        return (numpy.array([int(os.environ["SHMFUEL_TEST_WORKER"])]),)
+    stream = Mapping(sequential_stream(), tag, add_sources=("worker",))
+    with Prefetcher(stream, hwm=4, workers=2, start_method=start_method,
+                    worker_init_fn=lower_priority) as prefetched:
+        got = [(list(x), int(worker[0]))
+               for x, worker in prefetched.get_epoch_iterator()]
+        assert [psutil.Process(p.pid).nice() for p in prefetched._pool.processes] == [
+            niceness + 3, niceness + 3]
+    # batch i was made by producer i % 2, which ran the function first
+    assert got == [([i, i + 1], i // 2 % 2) for i in range(0, 20, 2)]
+    assert "SHMFUEL_TEST_WORKER" not in os.environ and os.nice(0) == niceness
+
+
+def test_an_error_in_worker_init_fn_is_raised_at_the_first_batch():
+    def no_device(worker):
+        raise LookupError(f"no device for producer {worker}")
+    with Prefetcher(sequential_stream(), worker_init_fn=no_device) as prefetched:
+        for _ in range(2):  # and again by every later call
+            with pytest.raises(LookupError, match="no device for producer 0") as info:
+                next(prefetched.get_epoch_iterator())
+            assert "in no_device" in str(info.value.__cause__)
+
+
 PRELOAD_SCRIPT = """
 import multiprocessing, sys
 import psutil
@@ -572,6 +605,9 @@ def test_bad_arguments():
             Prefetcher(sequential_stream(), **{name: "no"})
     with pytest.raises(ValueError, match="start_method must be one of"):
         Prefetcher(sequential_stream(), start_method="thread")
+    with pytest.raises(TypeError, match="worker_init_fn must be a function of the "
+                       "producer's index .or None., got int"):
+        Prefetcher(sequential_stream(), worker_init_fn=3)
     examples = DataStream(IndexableDataset({"x": [1, 2]}),
                           iteration_scheme=SequentialExampleScheme(2))
     with pytest.raises(ValueError, match="workers=2 would change the batches.*Batch"):

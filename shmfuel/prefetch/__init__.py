@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy
@@ -79,6 +79,13 @@ class Prefetcher(AbstractDataStream):
         from them makes the same batches whatever the number of producers.
         Without a seed each producer seeds them once, differently, so no
         two producers repeat each other's random draws.
+    worker_init_fn : callable, optional
+        Called in each producer with its index (0 to ``workers - 1``)
+        before its stream starts (after the seeding above), as PyTorch's
+        DataLoader does: to lower the producers' CPU priority, pin them to
+        CPUs, open per-producer resources. Pickled with the stream. An
+        exception in it is raised here at the first batch, like one in the
+        pipeline.
 
     View lifetime
     -------------
@@ -114,7 +121,8 @@ class Prefetcher(AbstractDataStream):
     def __init__(self, data_stream: Any, hwm: int = 10, workers: int = 1,
                  copy: bool = False, timeout: float | None = None,
                  start_method: str | None = None,
-                 pin_memory: bool = False, seed: int | None = None) -> None:
+                 pin_memory: bool = False, seed: int | None = None,
+                 worker_init_fn: Callable[[int], Any] | None = None) -> None:
         check_build("the Prefetcher")
         for name, value in (("hwm", hwm), ("workers", workers)):
             if not whole(value):
@@ -147,8 +155,12 @@ class Prefetcher(AbstractDataStream):
         self.workers = workers
         if seed is not None and not whole(seed):
             raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if worker_init_fn is not None and not callable(worker_init_fn):
+            raise TypeError("worker_init_fn must be a function of the "
+                            "producer's index (or None), got "
+                            f"{type(worker_init_fn).__name__}")
         self._pool = ProducerPool(data_stream, workers, slots, start_method,
-                                  seed)
+                                  seed, worker_init_fn)
         self._consumer = Consumer(self._pool, slots, copy, timeout, pinning)
         self._closed = False
         self._finalizer = weakref.finalize(self, self._consumer.release)

@@ -140,16 +140,18 @@ class ProducerPool:
     """The producer processes of one Prefetcher and our socket ends."""
 
     def __init__(self, stream: Any, workers: int, slots: list[int],
-                 start_method: str | None, seed: int | None = None) -> None:
+                 start_method: str | None, seed: int | None = None,
+                 worker_init_fn: Any = None) -> None:
         context = choose_context(start_method)
         self.start_method = context.get_start_method()
         if self.start_method == "forkserver":
             preload_producer(context)
         try:
-            payload = _payload.dumps(stream, inherit=self.start_method == "fork")
+            payload = _payload.dumps((stream, worker_init_fn),
+                                     inherit=self.start_method == "fork")
         except Exception as exc:
-            raise TypeError(f"the data stream cannot be pickled for the "
-                            f"producers: {exc}") from exc
+            raise TypeError(f"the data stream (or worker_init_fn) cannot be "
+                            f"pickled for the producers: {exc}") from exc
         _register_atexit()
         self.processes: list[Any] = []
         self.sockets: list[socket.socket] = []

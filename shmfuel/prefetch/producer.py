@@ -331,7 +331,9 @@ class Producer:
     def run(self, payload: bytes, buffers: list[memoryview]) -> None:
         try:
             try:
-                stream = _payload.loads(payload, buffers)
+                stream, worker_init_fn = _payload.loads(payload, buffers)
+                if worker_init_fn is not None:  # its error is the stream's
+                    worker_init_fn(self.worker)
                 sharded = (shard(stream, self.worker, self.workers)
                            if self.workers > 1 else None)
                 self.produce(stream, sharded)
