@@ -15,8 +15,9 @@ runs a step on each. The step is either
 
 The loop is fed in-process, by torch's DataLoader (2/4/8 workers, pinned
 memory on CUDA), by shmfuel's Prefetcher (2/4/8 producers, with and without
-``pin_memory`` on CUDA; with ``--idle-producers`` also with the producers at
-idle CPU priority) and by the bridge (server with 2 producers). For
+``pin_memory`` on CUDA) and by the bridge (server with 2 producers); with
+``--idle-producers`` the DataLoader and Prefetcher modes also run with their
+worker processes at idle CPU priority (``worker_init_fn``). For
 each mode: utilisation = pure compute time (the same steps with the data
 already in place) / wall time, over all steps after the first batch and
 in the steady state (after ``--warmup`` steps, which fill every feeder's
@@ -404,17 +405,21 @@ def modes(data: dict[str, numpy.ndarray], device: str, workers: list[int],
     found["in-process"] = in_process
 
     if importlib.util.find_spec("torch") is not None:
-        def loader(n: int) -> Callable[[], tuple[Iterator[Any], Callable[[], None]]]:
+        def loader(n: int, idle: bool = False
+                   ) -> Callable[[], tuple[Iterator[Any], Callable[[], None]]]:
             def make() -> tuple[Iterator[Any], Callable[[], None]]:
                 from torch.utils.data import DataLoader
                 dl = DataLoader(TorchBatches(data), batch_size=None, num_workers=n,
                                 pin_memory=device == "cuda", persistent_workers=True,
-                                shuffle=True)
+                                shuffle=True,
+                                worker_init_fn=idle_priority if idle else None)
                 return forever(lambda: iter(dl)), lambda: dl._iterator._shutdown_workers() \
                     if getattr(dl, "_iterator", None) else None
             return make
         for n in workers:
             found[f"torch DataLoader w={n}"] = loader(n)
+            if idle:
+                found[f"torch DataLoader w={n} idle"] = loader(n, True)
 
     def prefetcher(n: int, pin: bool, idle: bool = False
                    ) -> Callable[[], tuple[Iterator[Any], Callable[[], None]]]:
@@ -513,9 +518,9 @@ def main() -> None:
                              "compute floor measured between rounds; the median "
                              "round is reported, and every round's utilisation")
     parser.add_argument("--idle-producers", action="store_true",
-                        help="also run each Prefetcher mode with its producers at "
-                             "idle CPU priority (SCHED_IDLE, through worker_init_fn; "
-                             "Linux)")
+                        help="also run each DataLoader and Prefetcher mode with its "
+                             "workers at idle CPU priority (SCHED_IDLE, through "
+                             "worker_init_fn; Linux)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plot", action="store_true")
     parser.add_argument("--out", default=None)

@@ -178,6 +178,9 @@ REPORTS = [
     ("seed_tutorial.json", "python benchmarks/seed_tutorial.py", seed_table),
     ("gpu_idle_cpu.json", "python benchmarks/gpu_idle.py --device cpu --plot",
      gpu_idle_table),
+    ("gpu_idle_cpu_idle.json", "python benchmarks/gpu_idle.py --device cpu "
+     "--idle-producers --rounds 3 --plot --out "
+     "benchmarks/results/gpu_idle_cpu_idle.json", gpu_idle_table),
     ("gpu_idle_cuda.json", "python benchmarks/gpu_idle.py --device cuda --plot",
      gpu_idle_table),
     ("gpu_idle_cuda_graph.json", "python benchmarks/gpu_idle.py --device cuda --graph "
