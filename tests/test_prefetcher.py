@@ -620,6 +620,9 @@ def test_unpicklable_stream_is_a_type_error():
     stream.lock = threading.Lock()
     with pytest.raises(TypeError, match="cannot be pickled for the producers"):
         Prefetcher(stream)
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="stream .or worker_init_fn. cannot be pickled"):
+        Prefetcher(sequential_stream(), worker_init_fn=lambda worker: lock)
 
 
 def test_prefetcher_itself_does_not_pickle():
