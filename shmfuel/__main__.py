@@ -16,11 +16,12 @@ from typing import Any
 from shmfuel.streams import AbstractDataStream
 
 
-def load_stream(spec: str) -> AbstractDataStream:
-    """The stream that ``module:attribute`` names (called if callable)."""
+def _import(spec: str, name: str, what: str) -> Any:
+    """What ``module:attribute`` names; ``name`` is the attribute's part of
+    the expected form, ``what`` says what it should be."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
-        raise SystemExit(f"expected package.module:factory, got {spec!r}")
+        raise SystemExit(f"expected package.module:{name}, got {spec!r}")
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
@@ -33,15 +34,29 @@ def load_stream(spec: str) -> AbstractDataStream:
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise SystemExit(
-                f"{module_name} has no {attribute!r} (from {spec!r}): name a "
-                "data stream, or a function that returns one")
+                f"{module_name} has no {attribute!r} (from {spec!r}): name {what}")
         target = getattr(target, part)
+    return target
+
+
+def load_stream(spec: str) -> AbstractDataStream:
+    """The stream that ``module:attribute`` names (called if callable)."""
+    target = _import(spec, "factory", "a data stream, or a function that returns one")
     stream = target() if callable(target) and not isinstance(
         target, AbstractDataStream) else target
     if not isinstance(stream, AbstractDataStream):
         raise SystemExit(f"{spec} gave a {type(stream).__name__}, not a data "
                          "stream")
     return stream
+
+
+def load_function(spec: str) -> Any:
+    """``--worker-init``: the function that ``module:function`` names."""
+    target = _import(spec, "function", "a function of the producer's index")
+    if not callable(target):
+        raise SystemExit(f"{spec} is a {type(target).__name__}, not a function "
+                         "of the producer's index")
+    return target
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -66,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                             "machine only); 0.0.0.0 for every interface")
     serve.add_argument("--workers", type=int, default=1,
                        help="producer processes (a Prefetcher) for the stream")
+    serve.add_argument("--worker-init", default=None, metavar="MODULE:FUNCTION",
+                       help="with --workers 2 or more: called in each producer "
+                            "with its index before its stream starts")
     serve.add_argument("--hwm", type=int, default=10)
     serve.add_argument("--shard", type=shard_spec, default=None, metavar="K/N",
                        help="serve share K of N of the requests")
@@ -79,10 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s: %(message)s")
     from shmfuel.server import start_server
     stream = load_stream(args.factory)
+    worker_init_fn = (load_function(args.worker_init)
+                      if args.worker_init is not None else None)
     # Ctrl-C and SIGTERM make start_server return.
     start_server(stream, port=args.port, hwm=args.hwm, host=args.host,
                  workers=args.workers, shard=args.shard,
-                 allow_pickle=args.allow_pickle, heartbeat=args.heartbeat)
+                 allow_pickle=args.allow_pickle, heartbeat=args.heartbeat,
+                 worker_init_fn=worker_init_fn)
     return 0
 
 

@@ -14,6 +14,11 @@ def shuffled():
     return shuffled_stream()
 
 
+def lower_priority(worker):
+    import os
+    os.nice(2)
+
+
 def fails_at_third(data):
     if int(data[0][0]) == 4:
         raise KeyError("example 4 is missing")

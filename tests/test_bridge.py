@@ -368,6 +368,21 @@ def test_server_with_producer_workers():
             client.close()
 
 
+def test_server_producers_run_the_worker_init_function():
+    with Server("shuffled", "--workers", "2",
+                "--worker-init", "bridge_factories:lower_priority") as server:
+        client = server.client()
+        try:
+            assert as_lists(client.get_epoch_iterator()) == local_epochs(1)[0]
+            server_process = psutil.Process(server.process.pid)
+            producers = [child for child in server_process.children()
+                         if "python" in child.name().lower()]
+            assert len(producers) == 2
+            assert {p.nice() for p in producers} == {server_process.nice() + 2}
+        finally:
+            client.close()
+
+
 def test_curve_encryption():
     if not zmq.has("curve"):
         pytest.skip("libzmq without CURVE")
@@ -400,6 +415,8 @@ def test_curve_encryption():
     ({"host": ""}, "host must be an interface to bind"),
     ({"workers": 0}, "workers must be an int of at least 1"),
     ({"hwm": 0}, "hwm must be an int of at least 1"),
+    ({"worker_init_fn": print}, "worker_init_fn runs in producer processes, which "
+     "the server starts only with workers > 1"),
 ])
 def test_server_arguments_are_checked_before_it_binds(kwargs, message):
     from shmfuel.server import start_server

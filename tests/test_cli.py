@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from shmfuel.__main__ import load_stream, main, shard_spec
+from shmfuel.__main__ import load_function, load_stream, main, shard_spec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -19,7 +19,8 @@ def factories(tmp_path, monkeypatch):
         "    return DataStream(IterableDataset({'x': [1, 2]}))\n"
         "STREAM = stream()\n"
         "def number():\n"
-        "    return 42\n")
+        "    return 42\n"
+        "NUMBER = 42\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delitem(sys.modules, "factories", raising=False)
@@ -42,6 +43,16 @@ def test_a_bad_factory_is_named_with_the_fix(factories, spec, message):
     with pytest.raises(SystemExit) as raised:
         load_stream(spec)
     assert message in str(raised.value)
+
+
+def test_a_worker_init_function_is_loaded_or_named_with_the_fix(factories):
+    assert load_function("factories:number")() == 42
+    for spec, message in [("factories", "expected package.module:function"),
+                          ("factories:nothing", "name a function of the producer's index"),
+                          ("factories:NUMBER", "is a int, not a function")]:
+        with pytest.raises(SystemExit) as raised:
+            load_function(spec)
+        assert message in str(raised.value)
 
 
 def test_a_missing_module_says_where_to_look(factories):

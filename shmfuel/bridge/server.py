@@ -118,7 +118,8 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
                  curve_keypair: tuple[bytes, bytes] | None = None,
                  heartbeat: float = 1.0,
                  ready: threading.Event | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 worker_init_fn: Any = None) -> None:
     """Serve ``data_stream`` to a :class:`ServerDataStream` over TCP.
 
     Blocks until Ctrl-C or SIGTERM (when called from the main thread; they
@@ -141,6 +142,9 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
     workers : int
         With more than 1, the stream runs in a
         :class:`~shmfuel.Prefetcher` with that many producer processes.
+    worker_init_fn : callable, optional
+        With ``workers > 1``: the Prefetcher's ``worker_init_fn``, called in
+        each producer with its index before its stream starts.
     shard : (k, n), optional
         Serve only share ``k`` of ``n`` of the stream's requests, for a
         client that reads ``n`` servers (see ``ServerDataStream``'s
@@ -166,6 +170,10 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
     for name, value in (("workers", workers), ("hwm", hwm)):
         if not whole(value) or value < 1:
             raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
+    if worker_init_fn is not None and workers == 1:
+        raise ValueError("worker_init_fn runs in producer processes, which the "
+                         "server starts only with workers > 1: pass workers=2 "
+                         "or more, or set this process up before start_server")
     zmq = require_zmq()
     check_build("the data server")
     sharded = None  # this server's share of the requests, if it has one
@@ -187,7 +195,8 @@ def start_server(data_stream: Any, port: int = 5557, hwm: int = 10,
         sharded = None
         from shmfuel.prefetch import Prefetcher
         prefetcher = data_stream = Prefetcher(data_stream, workers=workers,
-                                              hwm=max(hwm, workers))
+                                              hwm=max(hwm, workers),
+                                              worker_init_fn=worker_init_fn)
     metadata = _metadata(data_stream, shard, allow_pickle)
     metadata["heartbeat"] = heartbeat
     context = zmq.Context()
