@@ -16,8 +16,8 @@ runs a step on each. The step is either
 The loop is fed in-process, by torch's DataLoader (2/4/8 workers, pinned
 memory on CUDA), by shmfuel's Prefetcher (2/4/8 producers, with and without
 ``pin_memory`` on CUDA) and by the bridge (server with 2 producers); with
-``--idle-producers`` the DataLoader and Prefetcher modes also run with their
-worker processes at idle CPU priority (``worker_init_fn``). For
+``--idle-producers`` the DataLoader, Prefetcher and bridge modes also run
+with their worker processes at idle CPU priority (``worker_init_fn``). For
 each mode: utilisation = pure compute time (the same steps with the data
 already in place) / wall time, over all steps after the first batch and
 in the steady state (after ``--warmup`` steps, which fill every feeder's
@@ -440,7 +440,7 @@ def modes(data: dict[str, numpy.ndarray], device: str, workers: list[int],
                 found[f"shmfuel Prefetcher w={n} pinned idle"] = prefetcher(n, True, True)
 
     if importlib.util.find_spec("zmq") is not None:
-        def bridge() -> tuple[Iterator[Any], Callable[[], None]]:
+        def bridge(idle: bool = False) -> tuple[Iterator[Any], Callable[[], None]]:
             import multiprocessing
             import socket
 
@@ -449,7 +449,7 @@ def modes(data: dict[str, numpy.ndarray], device: str, workers: list[int],
                 probe.bind(("127.0.0.1", 0))
                 port = probe.getsockname()[1]
             server = multiprocessing.get_context("fork").Process(
-                target=_serve, args=(data, port))
+                target=_serve, args=(data, port, idle))
             server.start()
             client = ServerDataStream(("images", "labels"), host="127.0.0.1", port=port,
                                       hwm=8, timeout=60)
@@ -460,14 +460,17 @@ def modes(data: dict[str, numpy.ndarray], device: str, workers: list[int],
                 server.join(10)
             return forever(client.get_epoch_iterator), close
         found["shmfuel bridge (2 producers)"] = bridge
+        if idle:
+            found["shmfuel bridge (2 producers) idle"] = lambda: bridge(True)
     if include:
         found = {k: v for k, v in found.items() if any(word in k for word in include)}
     return found
 
 
-def _serve(data: dict[str, numpy.ndarray], port: int) -> None:
+def _serve(data: dict[str, numpy.ndarray], port: int, idle: bool = False) -> None:
     from shmfuel.server import start_server
-    start_server(shmfuel_stream(data), port=port, workers=2)  # until SIGTERM
+    start_server(shmfuel_stream(data), port=port, workers=2,  # until SIGTERM
+                 worker_init_fn=idle_priority if idle else None)
 
 
 def plot(path: str, results: dict[str, Any], title: str) -> None:
@@ -518,7 +521,7 @@ def main() -> None:
                              "compute floor measured between rounds; the median "
                              "round is reported, and every round's utilisation")
     parser.add_argument("--idle-producers", action="store_true",
-                        help="also run each DataLoader and Prefetcher mode with its "
+                        help="also run each DataLoader, Prefetcher and bridge mode with its "
                              "workers at idle CPU priority (SCHED_IDLE, through "
                              "worker_init_fn; Linux)")
     parser.add_argument("--quick", action="store_true")

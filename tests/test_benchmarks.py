@@ -227,8 +227,8 @@ def test_report_renders_the_committed_results():
     assert "| shmfuel Prefetcher w=1 | 371,717 | 162 (6.23) |" in result.stdout
     assert "| shmfuel Prefetcher w=1 | 190,111 | 180 (6.94) |" in result.stdout  # H100
     # producers at idle priority, next to those at normal priority
-    assert "| shmfuel Prefetcher w=8 idle | 95.6 (95.5-95.8) | 96.1 |" in result.stdout
-    assert "| shmfuel Prefetcher w=8 | 81.0 (78.6-82.4) | 83.3 |" in result.stdout
+    assert "| shmfuel Prefetcher w=8 idle | 94.9 (94.7-95.2) | 95.4 |" in result.stdout
+    assert "| shmfuel Prefetcher w=8 | 81.0 (78.7-81.2) | 83.0 |" in result.stdout
     # the transport targets, worked out from the committed rounds
     assert "| 512 B: >= 250,000 batches/s | 293,527 (190,994-388,619) | yes (3 of 5 " \
         "rounds) | 482,175 |" in result.stdout
