@@ -138,6 +138,30 @@ def test_timeout_names_the_wait():
             next(prefetched.get_epoch_iterator())
 
 
+def test_stuck_producers_are_joined_within_one_grace_period_together():
+    from shmfuel.prefetch._lifecycle import join_all
+
+    class Stuck:  # a producer that never exits: join waits all it is given
+        def __init__(self, clock):
+            self.clock, self.given = clock, []
+
+        def join(self, timeout):
+            self.given.append(timeout)
+            self.clock.now += timeout
+
+    class Clock:
+        now = 100.0
+
+        def __call__(self):
+            return self.now
+    clock = Clock()
+    stuck = [Stuck(clock) for _ in range(8)]
+    join_all(stuck, 1.0, clock=clock)
+    assert clock.now == pytest.approx(101.0)  # not 108
+    assert stuck[0].given == [pytest.approx(1.0)]
+    assert all(p.given == [0.0] for p in stuck[1:])
+
+
 def test_exception_in_with_body_stops_producers():
     with pytest.raises(ZeroDivisionError):
         with Prefetcher(sequential_stream(), workers=2) as prefetched:
