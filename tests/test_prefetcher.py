@@ -643,6 +643,33 @@ def test_garbage_collected_prefetcher_stops_its_producers():
     assert gone(pids)
 
 
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_an_epoch_iterator_keeps_its_prefetcher_and_producers_alive(as_dict):
+    import gc
+    import weakref
+
+    from helpers import gone
+    expected = serial_epochs(sequential_stream(), 1)[0]
+    # the one-liner, with nothing else holding the Prefetcher
+    got = []
+    for batch in Prefetcher(sequential_stream(), hwm=2,
+                            workers=2).get_epoch_iterator(as_dict=as_dict):
+        gc.collect()
+        got.append(batch)
+    got = ([(b["x"],) for b in got] if as_dict else got)
+    assert as_lists(got) == expected
+    prefetched = Prefetcher(sequential_stream(), hwm=2)
+    alive, pids = weakref.ref(prefetched), [p.pid for p in prefetched._pool.processes]
+    epoch = prefetched.get_epoch_iterator(as_dict=as_dict)
+    del prefetched
+    gc.collect()
+    assert alive() is not None and not gone(pids, patience=0.2)
+    assert len(list(epoch)) == len(expected)
+    del epoch  # the last reference: now it stops
+    gc.collect()
+    assert alive() is None and gone(pids)
+
+
 def test_producers_share_large_arrays_instead_of_unpickling_them():
     from shmfuel.prefetch import _payload
     big = numpy.arange(2**20, dtype="float64")  # 8 MiB

@@ -186,7 +186,9 @@ class Prefetcher(AbstractDataStream):
         self._check_open()
         as_dict = flag("as_dict", as_dict)
         # once the Prefetcher is closed, the iterator raises ClosedError
-        batches = self._consumer.epoch_iterator(self._consumer.start_epoch())
+        # the iterator keeps this Prefetcher (and so its producers) alive
+        batches = self._consumer.epoch_iterator(self._consumer.start_epoch(),
+                                                prefetcher=self)
         if as_dict:
             return map(functools.partial(_as_dict, self._sources), batches)
         return batches

@@ -514,8 +514,9 @@ class Consumer:
         self._break(exc)
         raise exc
 
-    def next_batch(self, epoch: int) -> tuple[Any, ...]:
+    def next_batch(self, epoch: int, prefetcher: Any = None) -> tuple[Any, ...]:
         """The next batch of ``epoch``; ``StopIteration`` at its end.
+        (``prefetcher``, unused, is kept alive by the epoch iterator.)
 
         Every batch goes through here without control pages or with
         pinning, and with them every batch that ``batches`` leaves: the
@@ -585,7 +586,8 @@ class Consumer:
             self.to_free += 1
         return self._finish(tuple(values))
 
-    def epoch_iterator(self, epoch: int) -> Iterator[tuple[Any, ...]]:
+    def epoch_iterator(self, epoch: int, prefetcher: Any = None
+                       ) -> Iterator[tuple[Any, ...]]:
         """The batches of ``epoch``, started by ``start_epoch``.
 
         ``next_batch(epoch)`` called until it raises StopIteration (it never
@@ -593,14 +595,17 @@ class Consumer:
         the consumer. With control pages and no pinning, ``batches``
         delivers most batches first; once it ends (the epoch's end, or an
         exception it raised), chain goes on with ``next_batch``, which says
-        the same again.
+        the same again. The iterator holds ``prefetcher``, so that ``for
+        batch in Prefetcher(stream).get_epoch_iterator()`` does not stop the
+        producers by dropping the Prefetcher.
         """
-        general = iter(functools.partial(self.next_batch, epoch), _NO_BATCH)
+        general = iter(functools.partial(self.next_batch, epoch, prefetcher),
+                       _NO_BATCH)
         if self.pinning is not None or self.channels[0].control is None:
             return general
-        return itertools.chain(self.batches(epoch), general)
+        return itertools.chain(self.batches(epoch, prefetcher), general)
 
-    def batches(self, epoch: int) -> Iterator[tuple[Any, ...]]:
+    def batches(self, epoch: int, prefetcher: Any = None) -> Iterator[tuple[Any, ...]]:
         """The batches of ``epoch`` (with control pages and no pinning); it
         returns at the end of the epoch.
 
