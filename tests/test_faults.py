@@ -250,6 +250,32 @@ def test_exit_without_close_does_not_hang():
     assert gone(pids)
 
 
+AT_EXIT = """
+import atexit, sys
+sys.path.insert(0, {tests!r})
+from helpers import sequential_stream
+held = {{}}
+def late():  # registered first, so it runs after shmfuel's exit hook
+    try:
+        print(len(list(held["epoch"])), "batches")
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+atexit.register(late)
+from shmfuel import Prefetcher
+held["epoch"] = Prefetcher(sequential_stream(), hwm=2).get_epoch_iterator()
+"""
+
+
+def test_an_iterator_used_after_the_exit_hook_says_its_producers_stopped():
+    script = AT_EXIT.format(tests=os.path.dirname(__file__))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ("ClosedError the producers of this Prefetcher were "
+                             "stopped (the interpreter is exiting, or it was "
+                             "closed); make a new one\n"), result.stderr
+
+
 def test_producers_ignore_sigint_of_the_process_group():
     with Prefetcher(sequential_stream()) as prefetched:
         process = prefetched._pool.processes[0]

@@ -54,6 +54,7 @@ from typing import Any
 import numpy
 
 from shmfuel.exceptions import (
+    ClosedError,
     PrefetchTimeoutError,
     ProducerDiedError,
     RemoteTraceback,
@@ -273,7 +274,18 @@ class Consumer:
             else:
                 channel.inbox.append((kind, slot, value, 0, 0))
 
+    def _check_pool(self) -> None:
+        """Raise ClosedError if the producers were stopped under a live
+        iterator (by the exit hook: the interpreter is exiting)."""
+        if self.pool.closed:
+            closed = ClosedError("the producers of this Prefetcher were stopped "
+                                 "(the interpreter is exiting, or it was "
+                                 "closed); make a new one")
+            self.fail(closed)
+            raise closed
+
     def _died(self, channel: Channel) -> None:
+        self._check_pool()  # not dead: stopped
         process = channel.process
         process.join(1.0)
         exc = ProducerDiedError(
@@ -293,6 +305,7 @@ class Consumer:
         copies are in flight it wakes every millisecond, so that
         ``_collect`` can retire them (see ``_pinning``).
         """
+        self._check_pool()
         self._flush()
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
