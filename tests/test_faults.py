@@ -276,6 +276,33 @@ def test_an_iterator_used_after_the_exit_hook_says_its_producers_stopped():
                              "closed); make a new one\n"), result.stderr
 
 
+UNGUARDED = """
+import sys
+sys.path.insert(0, {tests!r})
+from helpers import sequential_stream
+from shmfuel import Prefetcher
+from shmfuel.exceptions import ProducerDiedError
+try:  # no __main__ guard: each spawned producer runs this again, and fails
+    with Prefetcher(sequential_stream(), start_method="spawn") as prefetched:
+        list(prefetched.get_epoch_iterator())
+except ProducerDiedError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_producer_that_fails_to_start_under_spawn_names_the_main_guard(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED.format(tests=os.path.dirname(__file__)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True,
+                            text=True, timeout=80, cwd=tmp_path)
+    assert "exited with code 1" in result.stdout, result.stderr
+    assert "It exited before its first batch: with start_method='spawn'" in result.stdout
+    assert "must be under 'if __name__ == \"__main__\":'" in result.stdout
+    # multiprocessing's own error in the producer, which the hint points to
+    assert "bootstrapping phase" in result.stderr
+
+
 def test_producers_ignore_sigint_of_the_process_group():
     with Prefetcher(sequential_stream()) as prefetched:
         process = prefetched._pool.processes[0]

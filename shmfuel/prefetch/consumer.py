@@ -288,11 +288,22 @@ class Consumer:
         self._check_pool()  # not dead: stopped
         process = channel.process
         process.join(1.0)
+        method = self.pool.start_method
+        if process.exitcode == 1 and method != "fork" and not any(channel.sizes):
+            # before its first batch: most often the main module, imported
+            # again by the new interpreter, failed (its error is on stderr)
+            hint = (f"It exited before its first batch: with start_method="
+                    f"{method!r} each producer imports the main module again, "
+                    "so the code that makes a Prefetcher must be under "
+                    "'if __name__ == \"__main__\":' (the producer's own "
+                    "error is printed above)")
+        else:
+            hint = ("Look for what killed it (memory, a crash in a C "
+                    "extension, os._exit in the pipeline)")
         exc = ProducerDiedError(
             f"producer {channel.worker} (pid {process.pid}) "
             f"{describe_exit(process.exitcode)}; the batches it had not "
-            "delivered are lost. Look for what killed it (memory, a "
-            "crash in a C extension, os._exit in the pipeline)",
+            f"delivered are lost. {hint}",
             worker=channel.worker, pid=process.pid,
             exitcode=process.exitcode)
         self._break(exc)
