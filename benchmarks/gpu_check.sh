@@ -3,6 +3,7 @@
 #   1. benchmarks/gpu_idle.py --device cuda --graph --rounds 3 --plot (the
 #      step as a CUDA graph: the GPU sets its pace),
 #   2. benchmarks/gpu_idle.py --device cuda --plot (launch-bound eager step),
+#      then its 8-producer rows again with --idle-producers,
 #   3. benchmarks/launch_bound.py (how steady the eager step is, unfed),
 #   4. the CUDA tests (pinned ring slots against real copies),
 #   5. the throughput smoke run, the bridge's and the benchmarks' tests,
@@ -12,8 +13,8 @@
 #
 #   OUT=dir BUDGET_S=500 [SKIP="eager tests"] bash benchmarks/gpu_check.sh
 #
-# SKIP names steps to leave out: graph eager launch cuda smoke benchmarks
-# throughput tests.
+# SKIP names steps to leave out: graph eager idle launch cuda smoke
+# benchmarks throughput tests.
 #
 # On an H100 with 16 CPUs (2026-11-26): gpu_idle --graph --rounds 3 took
 # 126 s, gpu_idle 105 s, launch_bound under a minute, the CUDA tests about
@@ -68,6 +69,9 @@ step graph "gpu_idle --graph" 240 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}
     --graph --rounds 3 --plot --out "$OUT/gpu_idle_cuda_graph.json"
 step eager "gpu_idle" 230 python3 benchmarks/gpu_idle.py "${GPU_IDLE[@]}" --plot \
     --out "$OUT/gpu_idle_cuda.json"
+step idle "gpu_idle --idle-producers, 8 producers" 120 python3 benchmarks/gpu_idle.py \
+    "${GPU_IDLE[@]}" --idle-producers --workers 8 --only "Prefetcher w=8" --plot \
+    --out "$OUT/gpu_idle_cuda_idle.json"
 step launch "launch_bound" 90 python3 benchmarks/launch_bound.py "${LAUNCH_BOUND[@]}" \
     --out "$OUT/launch_bound_cuda.json"
 step cuda "CUDA tests" 90 python3 -m pytest -p no:cacheprovider -v -rfE --tb=short \

@@ -510,7 +510,8 @@ def main() -> None:
                         help="steps left out of the steady-state utilisation "
                              "(the first fill of every feeder's queues)")
     parser.add_argument("--batches", type=int, default=10, help="batches per epoch")
-    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="producer counts (default 2 4 8; 2 with --quick)")
     parser.add_argument("--only", nargs="+", default=[],
                         help="run only modes whose name contains one of these")
     parser.add_argument("--graph", action="store_true",
@@ -529,7 +530,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.batches, args.workers = 8, 2, [2]
+        args.steps, args.batches = 8, 2
+    if args.workers is None:
+        args.workers = [2] if args.quick else [2, 4, 8]
     if args.graph and args.device != "cuda":
         parser.error("--graph needs --device cuda (CUDA graphs)")
     if args.rounds < 1 or args.steps < 2:
@@ -544,6 +547,10 @@ def main() -> None:
         if not torch.cuda.is_available():
             parser.error("--device cuda needs a CUDA device; use --device cpu")
     data = make_dataset(args.batches)
+    chosen = modes(data, args.device, args.workers, args.only, args.idle_producers)
+    if not chosen:
+        parser.error(f"no mode matches --only {' '.join(args.only)} (with --workers "
+                     f"{' '.join(map(str, args.workers))})")
     if args.device == "cpu":
         accelerator: Any = SleepStep(args.step_ms)
     elif args.graph:
@@ -568,7 +575,6 @@ def main() -> None:
           f"{augment_ms:.2f} ms per batch on one core", file=sys.stderr)
     # every mode once per round, the compute floor measured before and after
     # each round (see ``summarise``)
-    chosen = modes(data, args.device, args.workers, args.only, args.idle_producers)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for round_ in range(args.rounds):
         for name, make in chosen.items():

@@ -167,6 +167,8 @@ def test_gpu_idle_rounds_each_count_against_their_own_floors(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--graph"], "--graph needs --device cuda"),
     (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--quick", "--only", "Prefetcher w=8"], "no mode matches --only Prefetcher w=8 "
+     "(with --workers 2)"),
 ])
 def test_gpu_idle_refuses_bad_arguments(tmp_path, args, message):
     result = subprocess.run(
