@@ -384,8 +384,8 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if REFERENCE not in by_name or (versus is not None and versus not in by_name):
             continue
         values = _measure(by_name, REFERENCE, versus)
-        check = {"size": size, "measure": "batches/s" if versus is None
-                 else f"ratio to {versus}", "at_least": least,
+        check = {"size": size, "versus": versus, "measure": "batches/s"
+                 if versus is None else f"ratio to {versus}", "at_least": least,
                  "value": summary(values), "met": summary(values)["median"] >= least,
                  "rounds_met": sum(value >= least for value in values),
                  "rounds": len(values)}
@@ -403,9 +403,9 @@ def targets_table(checks: list[dict[str, Any]]) -> tuple[list[str], list[list[st
         return f"{value:.{digits}f}x" if ratio else f"{value:,.0f}"
     rows = []
     for check in checks:
-        ratio = check["measure"] != "batches/s"
+        ratio = check["versus"] is not None
         value, bare = check["value"], check.get(BARE)
-        what = check["measure"].removeprefix("ratio to ") if ratio else "batches/s"
+        what = check["versus"] if ratio else "batches/s"
         rows.append([f"{check['size']}: >= {show(check['at_least'], ratio, 1)} {what}",
                      f"{show(value['median'], ratio)} ({show(value['min'], ratio)}"
                      f"-{show(value['max'], ratio)})",

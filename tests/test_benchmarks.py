@@ -71,7 +71,7 @@ def test_throughput_targets_are_checked_round_by_round():
                     "bare shm ring": rounds(10.0, 9.0, 5.0)},
     }
     fast, copy = throughput.check_targets(results)  # pyzmq was not run
-    assert (fast["size"], fast["measure"]) == ("512 B", "batches/s")
+    assert (fast["size"], fast["versus"], fast["measure"]) == ("512 B", None, "batches/s")
     assert fast["value"] == {"median": 260_000, "min": 200_000, "max": 300_000,
                              "runs": 3}
     assert fast["met"] and fast["rounds_met"] == 2
