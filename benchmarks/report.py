@@ -186,8 +186,13 @@ REPORTS = [
     ("gpu_idle_cuda_graph.json", "python benchmarks/gpu_idle.py --device cuda --graph "
      "--rounds 3 --plot", gpu_idle_table),
     ("gpu_idle_cuda_graph_h200.json", "the same on an H200 machine", gpu_idle_table),
-    ("throughput.json", "python benchmarks/throughput.py", throughput_table),
-    ("throughput.json", "python benchmarks/throughput.py: its targets", targets_table),
+    ("throughput.json", "python benchmarks/throughput.py --repeat 5", throughput_table),
+    ("throughput.json", "python benchmarks/throughput.py --repeat 5: its targets",
+     targets_table),
+    ("throughput_second_run.json", "the same, run again at once (--out "
+     "benchmarks/results/throughput_second_run.json): its targets", targets_table),
+    ("throughput_read_sum.json", "python benchmarks/throughput.py --repeat 5 --read sum "
+     "--out benchmarks/results/throughput_read_sum.json: its targets", targets_table),
     ("throughput_slow_phase.json", "python benchmarks/throughput.py --repeat 5 --out "
      "benchmarks/results/throughput_slow_phase.json (a slow phase): its targets",
      targets_table),

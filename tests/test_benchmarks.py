@@ -31,6 +31,7 @@ def test_seed_tutorial_quick(tmp_path):
 @pytest.mark.timeout(120)
 def test_throughput_quick(tmp_path):
     _, data = run_quick(tmp_path, "throughput.py", "--sizes", "512 B", "1 MiB")
+    assert data["read"] == "max"  # the default read of every byte
     names = set(data["results"]["1 MiB"])
     assert {"memcpy", "bare shm ring", "shmfuel Prefetcher w=1", "shmfuel Prefetcher w=2",
             "multiprocessing.Queue", "pyzmq PUSH/PULL tcp", "Fuel-style server tcp",
@@ -40,13 +41,30 @@ def test_throughput_quick(tmp_path):
         assert len(result["rounds"]) == 1 and result["rounds"][0] > 0
     reference = data["results"]["512 B"][data["reference"]]
     assert reference["vs_reference"]["median"] == pytest.approx(1.0)
-    # the 512-byte target is checked; the 38.5 MB ones were not run
-    target, = data["targets"]
+    # the 512-byte target is checked, for 1 and 2 producers; the 38.5 MB
+    # ones were not run
+    target, second = data["targets"]
     assert target["size"] == "512 B" and target["at_least"] == 250_000
+    assert target["transport"] == data["reference"] == "shmfuel Prefetcher w=1"
+    assert second["transport"] == "shmfuel Prefetcher w=2"
+    assert second["value"]["median"] == (
+        data["results"]["512 B"]["shmfuel Prefetcher w=2"]["batches_per_s"]["median"])
     assert target["value"]["median"] == reference["batches_per_s"]["median"]
     assert target["met"] == (target["rounds_met"] == 1) and target["rounds"] == 1
     assert target["bare shm ring"]["median"] == (
         data["results"]["512 B"]["bare shm ring"]["batches_per_s"]["median"])
+    assert target["read"]["median"] == (
+        data["results"]["512 B"]["read"]["batches_per_s"]["median"])
+
+
+@pytest.mark.timeout(120)
+def test_throughput_read_sum(tmp_path):
+    stdout, data = run_quick(tmp_path, "throughput.py", "--sizes", "64 KiB",
+                             "--only", "read", "Prefetcher w=1", "--read", "sum")
+    assert data["read"] == "sum"
+    assert set(data["results"]["64 KiB"]) == {"read", "memcpy + read",
+                                              "shmfuel Prefetcher w=1"}
+    assert "64 KiB batches" in stdout
 
 
 def _throughput_module():
@@ -68,7 +86,8 @@ def test_throughput_targets_are_checked_round_by_round():
                   "bare shm ring": rounds(500_000, 300_000, 400_000)},
         "38.5 MB": {"shmfuel Prefetcher w=1": rounds(9.0, 10.0, 6.0),
                     "memcpy": rounds(10.0, 12.5, 10.0),
-                    "bare shm ring": rounds(10.0, 9.0, 5.0)},
+                    "bare shm ring": rounds(10.0, 9.0, 5.0),
+                    "read": rounds(8.0, 10.0, 9.0)},
     }
     fast, copy = throughput.check_targets(results)  # pyzmq was not run
     assert (fast["size"], fast["versus"], fast["measure"]) == ("512 B", None, "batches/s")
@@ -83,14 +102,28 @@ def test_throughput_targets_are_checked_round_by_round():
     assert copy["value"]["min"] == pytest.approx(0.6)
     assert not copy["met"] and copy["rounds_met"] == 1
     assert copy["bare shm ring"]["median"] == pytest.approx(0.72)
+    # the read alone: 0.8, 0.8, 0.9 of the copy, the ceiling of any transport
+    assert copy["read"]["median"] == pytest.approx(0.8)
+    assert "read" not in fast  # not run at 512 B
     results["512 B"]["shmfuel Prefetcher w=1"] = rounds(300_000, 200_000, 240_000)
     fast = throughput.check_targets(results)[0]
     assert not fast["met"] and fast["rounds_met"] == 1
     headers, rows = throughput.targets_table(throughput.check_targets(results))
     assert headers[0] == "target" and len(rows) == 2
-    assert rows[0] == ["512 B: >= 250,000 batches/s", "240,000 (200,000-300,000)",
-                       "no (1 of 3 rounds)", "400,000"]
-    assert rows[1][0] == "38.5 MB: >= 0.9x memcpy"
+    assert rows[0] == ["512 B: >= 250,000 batches/s", "1", "240,000 (200,000-300,000)",
+                       "no (1 of 3 rounds)", "400,000", "-"]
+    assert rows[1][:2] == ["38.5 MB: >= 0.9x memcpy", "1"]
+    assert rows[1][4:] == ["0.72x", "0.80x"]
+    # with two producers run, each target is checked for both, in turn
+    results["38.5 MB"]["shmfuel Prefetcher w=2"] = rounds(10.0, 12.5, 9.5)
+    one, two = throughput.check_targets(results)[1:]
+    assert (one["transport"], two["transport"]) == ("shmfuel Prefetcher w=1",
+                                                    "shmfuel Prefetcher w=2")
+    assert not one["met"]
+    assert two["met"] and two["rounds_met"] == 3  # 1.0, 1.0, 0.95
+    assert two["value"]["median"] == pytest.approx(1.0)
+    assert throughput.targets_table([two])[1][0][1:4] == [
+        "2", "1.00x (0.95x-1.00x)", "yes (3 of 3 rounds)"]
 
 
 @pytest.mark.timeout(120)
@@ -232,7 +265,11 @@ def test_report_renders_the_committed_results():
     assert "| shmfuel Prefetcher w=8 idle | 94.9 (94.7-95.2) | 95.4 |" in result.stdout
     assert "| shmfuel Prefetcher w=8 | 81.0 (78.7-81.2) | 83.0 |" in result.stdout
     # the transport targets, worked out from the committed rounds
-    assert "| 512 B: >= 250,000 batches/s | 293,527 (190,994-388,619) | yes (3 of 5 " \
-        "rounds) | 482,175 |" in result.stdout
-    assert "| 38.5 MB: >= 0.9x memcpy | 0.94x (0.76x-1.01x) | yes (3 of 5 rounds) " \
-        "| 1.00x |" in result.stdout  # the slow phase's run
+    assert "| 512 B: >= 250,000 batches/s | 1 | 256,062 (227,452-269,788) | yes (3 of " \
+        "5 rounds) | 356,594 | 455,463 |" in result.stdout
+    assert "| 38.5 MB: >= 0.9x memcpy | 2 | 1.01x (0.93x-1.06x) | yes (5 of 5 rounds) " \
+        "| 0.88x | 1.63x |" in result.stdout  # the second run
+    assert "| 512 B: >= 250,000 batches/s | 1 | 293,527 (190,994-388,619) | yes (3 of " \
+        "5 rounds) | 482,175 | 465,661 |" in result.stdout  # with --read sum
+    assert "| 38.5 MB: >= 0.9x memcpy | 1 | 0.94x (0.76x-1.01x) | yes (3 of 5 rounds) " \
+        "| 1.00x | 1.03x |" in result.stdout  # the slow phase's run

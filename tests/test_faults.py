@@ -162,6 +162,22 @@ def test_stuck_producers_are_joined_within_one_grace_period_together():
     assert all(p.given == [0.0] for p in stuck[1:])
 
 
+def test_shutdown_joins_its_producers_through_the_shared_grace_period(monkeypatch):
+    from shmfuel.prefetch import _lifecycle
+    calls, real = [], _lifecycle.join_all
+
+    def recorded(processes, seconds, clock=time.monotonic):
+        calls.append((len(processes), seconds))
+        real(processes, seconds, clock)
+    monkeypatch.setattr(_lifecycle, "join_all", recorded)
+    with Prefetcher(sequential_stream(), workers=2) as prefetched:
+        pids = [p.pid for p in prefetched._pool.processes]
+        next(prefetched.get_epoch_iterator())
+    # all producers at once; then the ones still alive (none: they stopped)
+    assert calls == [(2, _lifecycle.GRACE_S), (0, _lifecycle.GRACE_S)]
+    assert gone(pids)
+
+
 def test_exception_in_with_body_stops_producers():
     with pytest.raises(ZeroDivisionError):
         with Prefetcher(sequential_stream(), workers=2) as prefetched:
