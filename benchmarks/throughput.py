@@ -93,6 +93,22 @@ class Timing(NamedTuple):
     steady_batches: int
     whole_s: float
     whole_batches: int
+    # the share of the run the consumer spent ready to run but waiting for
+    # a CPU (None where Linux's schedstat is missing)
+    cpu_wait: float | None = None
+
+
+def run_queue_s() -> float | None:
+    """The seconds this process has spent runnable but not running: its
+    wait for a CPU, from Linux's ``/proc/self/schedstat``; None elsewhere.
+    A consumer alone with its producer on two CPUs has next to none; where
+    another process is busy, it and its producer lose the CPU for
+    milliseconds at a time, and every transport's rate with them."""
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def batch_of(nbytes: int) -> numpy.ndarray:
@@ -131,6 +147,7 @@ def consume(batches: Iterator[Any], count: int, read: bool = True) -> Timing:
     """Take (and read) ``count`` batches; when each one was done."""
     clock = time.perf_counter
     done = array.array("d")
+    queued, began = run_queue_s(), clock()
     for _ in range(count):
         if read:
             float(READ(next(batches)))
@@ -140,8 +157,12 @@ def consume(batches: Iterator[Any], count: int, read: bool = True) -> Timing:
     skip = min(2 * HWM, count // 4)
     tail = min(HWM, count // 4)
     last = count - 1 - tail
+    now = run_queue_s()
+    cpu_wait = (None if queued is None or now is None
+                else (now - queued) / (done[-1] - began))
     return Timing(steady_s=done[last] - done[skip], steady_batches=last - skip,
-                  whole_s=done[-1] - done[0], whole_batches=count - 1)
+                  whole_s=done[-1] - done[0], whole_batches=count - 1,
+                  cpu_wait=cpu_wait)
 
 
 # -- transports ---------------------------------------------------------------
@@ -441,6 +462,29 @@ def targets_table(checks: list[dict[str, Any]]) -> tuple[list[str], list[list[st
              f"{BARE}, same measure", "read alone, same measure"], rows)
 
 
+# measured in-process: nothing of the benchmark's competes for the CPU
+ALONE = ("memcpy", "read", "memcpy + read")
+BUSY_SHARE = 0.05
+
+
+def busy_machine(results: dict[str, dict[str, Any]]) -> list[str]:
+    """A warning for each batch size whose in-process measures waited for a
+    CPU over ``BUSY_SHARE`` of their runs (median): some other process was
+    busy, and every rate at that size is lower and noisier for it."""
+    warnings = []
+    for label, by_name in results.items():
+        waits = {name: by_name[name]["consumer_cpu_wait"]["median"]
+                 for name in ALONE if "consumer_cpu_wait" in by_name.get(name, {})}
+        worst = max(waits, key=waits.__getitem__, default=None)
+        if worst is not None and waits[worst] > BUSY_SHARE:
+            warnings.append(
+                f"at {label}, '{worst}' waited for a CPU {100 * waits[worst]:.0f}% "
+                "of the time with nothing else of this benchmark running: "
+                "another process is busy on this machine (see top); stop it "
+                "and run again")
+    return warnings
+
+
 def transports() -> dict[str, Callable[[int, int], Timing]]:
     found: dict[str, Callable[[int, int], Timing]] = {
         "memcpy": run_memcpy(read=False),
@@ -510,6 +554,9 @@ def main() -> None:
                               "gb_per_s": summary([r * nbytes / 1e9 for r in whole])},
                 "batches": count,
             }
+            waits = [t.cpu_wait for t in timings if t.cpu_wait is not None]
+            if waits:
+                results[label][name]["consumer_cpu_wait"] = summary(waits)
             print(f"{label:>8}  {name:<24} {numpy.median(rate):>12,.0f} batches/s",
                   file=sys.stderr)
     for label, by_name in results.items():
@@ -517,13 +564,18 @@ def main() -> None:
         for name, result in by_name.items():
             rate = result["batches_per_s"]["median"]
             vs = result["vs_reference"]
+            wait = result.get("consumer_cpu_wait")
             rows.append([name, f"{rate:,.0f}", f"{result['gb_per_s']['median']:.2f}",
                          f"{vs['median']:.2f}x" if vs else "-",
-                         f"{result['whole_run']['gb_per_s']['median']:.2f}"])
+                         f"{result['whole_run']['gb_per_s']['median']:.2f}",
+                         f"{100 * wait['median']:.1f}%" if wait else "-"])
         print(f"\n{label} batches (steady state, median of "
               f"{1 if args.quick else args.repeat}):")
         print(table(["transport", "batches/s", "GB/s", "vs Prefetcher w=1",
-                     "GB/s whole run"], rows))
+                     "GB/s whole run", "consumer waited for a CPU"], rows))
+    warnings = busy_machine(results)
+    for warning in warnings:
+        print(f"\nwarning: {warning}")
     checks = check_targets(results)
     if checks:
         print("\nTargets on a 2-core machine (ratios within a round):")
@@ -531,7 +583,8 @@ def main() -> None:
     write_json(args.out, {"benchmark": "throughput", "machine": machine(), "hwm": HWM,
                           "reference": REFERENCE, "read": args.read,
                           "repeat": 1 if args.quick else args.repeat,
-                          "results": results, "targets": checks})
+                          "results": results, "targets": checks,
+                          "warnings": warnings})
 
 
 if __name__ == "__main__":
