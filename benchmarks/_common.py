@@ -29,6 +29,19 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def run_queue_s() -> float | None:
+    """The seconds this process has spent runnable but not running: its
+    wait for a CPU, from Linux's ``/proc/self/schedstat``; None elsewhere.
+    A loop alone with its producers on enough CPUs has next to none; where
+    other processes are busy, it loses the CPU for milliseconds at a time,
+    and every rate with it."""
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values),
             "max": max(values), "runs": len(values)}

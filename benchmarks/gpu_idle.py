@@ -54,7 +54,7 @@ import numpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine, table, write_json  # noqa: E402
+from _common import machine, run_queue_s, table, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, CROP, SIDE = 256, 64, 72
@@ -328,6 +328,7 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
             if first is None:
                 first = time.perf_counter() - started
                 loop_started = time.perf_counter()
+                queued = run_queue_s()
             stepped = time.perf_counter()
             accelerator.step(batch)
             step_times.append(time.perf_counter() - stepped)
@@ -337,6 +338,7 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
         wall = ended - loop_started
         steady = None if steady_started is None else ended - steady_started
         cpu = children_cpu()
+        now = run_queue_s()
     finally:
         close()
     w = numpy.array(waits[1:]) * 1000
@@ -348,7 +350,11 @@ def run_mode(make: Callable[[], tuple[Iterator[Any], Callable[[], None]]],
             # start-up (imports, unpickling the stream) left out
             "producer_cpu_ms_per_batch": (1000 * (cpu - steady_cpu) / (steps - warmup)
                                           if steady_started is not None else None),
-            "peak_shared_mb": (peak - base) / 1e6}
+            "peak_shared_mb": (peak - base) / 1e6,
+            # the share of the loop's time it was ready to run but waited
+            # for a CPU (producers, or another process, had them all)
+            "loop_cpu_wait_pct": (None if queued is None or now is None
+                                  else 100 * (now - queued) / wall)}
 
 
 HELPERS = re.compile(r"multiprocessing\.(forkserver|resource_tracker) import main")
@@ -616,7 +622,9 @@ def main() -> None:
              f"{r['time_to_first_batch_s']:.3f}", f"{r['producer_cpu_pct']:.0f}",
              "-" if r["producer_cpu_ms_per_batch"] is None
              else f"{r['producer_cpu_ms_per_batch']:.1f}",
-             f"{r['peak_shared_mb']:.0f}"] for name, r in results.items()]
+             f"{r['peak_shared_mb']:.0f}",
+             "-" if r.get("loop_cpu_wait_pct") is None
+             else f"{r['loop_cpu_wait_pct']:.1f}"] for name, r in results.items()]
     where = f"{payload['gpu']}, " if "gpu" in payload else ""
     title = (f"{where}{args.device}{' (CUDA graph)' if args.graph else ''}: step "
              f"{payload['step_ms']:.1f} ms"
@@ -626,7 +634,8 @@ def main() -> None:
     print(title)
     print(table(["mode", "utilisation %", "steady %", "wait ms p50/p95/max",
                  "step call ms p50", "first batch s", "producer CPU %",
-                 "producer CPU ms/batch", "peak shm MB"], rows))
+                 "producer CPU ms/batch", "peak shm MB", "loop waited for a CPU %"],
+                rows))
     if args.plot:
         plot(out.replace(".json", ".png"), results, title)
 

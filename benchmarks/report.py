@@ -59,6 +59,8 @@ def gpu_idle_table(data: dict[str, Any]) -> list[str]:
     calls = all("step_call_ms_p50" in r for r in results.values())
     # and those from before steady-state producer CPU was, that column
     per_batch = all("producer_cpu_ms_per_batch" in r for r in results.values())
+    # and those from before the loop's wait for a CPU was, that one
+    cpu_wait = all(r.get("loop_cpu_wait_pct") is not None for r in results.values())
     headers = ["feeder", "utilisation %" + (
         f" (median of {data['rounds']} rounds, min-max)" if data.get("rounds", 1) > 1
         else ""), "steady-state %", "wait per step ms p50 / p95 / max"]
@@ -66,6 +68,7 @@ def gpu_idle_table(data: dict[str, Any]) -> list[str]:
     headers += ["first batch s", "producer CPU %"]
     headers += ["producer CPU ms per batch"] if per_batch else []
     headers += ["peak shared MB"]
+    headers += ["loop waited for a CPU %"] if cpu_wait else []
     lines = [_row(headers), _row(["---"] * len(headers))]
     order = sorted(results, key=lambda name: (
         "in-process" not in name, "shmfuel" not in name, name))
@@ -84,6 +87,7 @@ def gpu_idle_table(data: dict[str, Any]) -> list[str]:
             value = r["producer_cpu_ms_per_batch"]
             cells += ["-" if value is None or "in-process" in name else f"{value:.1f}"]
         cells += [f"{r['peak_shared_mb']:.0f}"]
+        cells += [f"{r['loop_cpu_wait_pct']:.1f}"] if cpu_wait else []
         lines.append(_row(cells))
     return lines
 
@@ -181,6 +185,9 @@ REPORTS = [
     ("gpu_idle_cpu_idle.json", "python benchmarks/gpu_idle.py --device cpu "
      "--idle-producers --rounds 3 --plot --out "
      "benchmarks/results/gpu_idle_cpu_idle.json", gpu_idle_table),
+    ("gpu_idle_cpu_loop_wait.json", "python benchmarks/gpu_idle.py --device cpu "
+     "--idle-producers --only Prefetcher --rounds 3 --out "
+     "benchmarks/results/gpu_idle_cpu_loop_wait.json", gpu_idle_table),
     ("gpu_idle_cuda.json", "python benchmarks/gpu_idle.py --device cuda --plot",
      gpu_idle_table),
     ("gpu_idle_cuda_graph.json", "python benchmarks/gpu_idle.py --device cuda --graph "

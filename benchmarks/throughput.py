@@ -71,7 +71,7 @@ import numpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine, summary, table, write_json  # noqa: E402
+from _common import machine, run_queue_s, summary, table, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = {"512 B": 512, "64 KiB": 64 * 2**10, "1 MiB": 2**20,
@@ -96,19 +96,6 @@ class Timing(NamedTuple):
     # the share of the run the consumer spent ready to run but waiting for
     # a CPU (None where Linux's schedstat is missing)
     cpu_wait: float | None = None
-
-
-def run_queue_s() -> float | None:
-    """The seconds this process has spent runnable but not running: its
-    wait for a CPU, from Linux's ``/proc/self/schedstat``; None elsewhere.
-    A consumer alone with its producer on two CPUs has next to none; where
-    another process is busy, it and its producer lose the CPU for
-    milliseconds at a time, and every transport's rate with them."""
-    try:
-        with open("/proc/self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def batch_of(nbytes: int) -> numpy.ndarray:

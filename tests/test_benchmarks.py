@@ -242,6 +242,9 @@ def test_gpu_idle_rounds_each_count_against_their_own_floors(tmp_path):
     assert result["utilisation_pct"] == pytest.approx(100 * compute / result["wall_s"])
     # producers' CPU per batch, without their start-up
     assert 0 < result["producer_cpu_ms_per_batch"] < 1000
+    # the loop's wait for a CPU, a share of its time (Linux)
+    if sys.platform == "linux":
+        assert 0 <= result["loop_cpu_wait_pct"] < 100
 
 
 @pytest.mark.parametrize("args,message", [
@@ -311,6 +314,9 @@ def test_report_renders_the_committed_results():
     # producers at idle priority, next to those at normal priority
     assert "| shmfuel Prefetcher w=8 idle | 94.9 (94.7-95.2) | 95.4 |" in result.stdout
     assert "| shmfuel Prefetcher w=8 | 81.0 (78.7-81.2) | 83.0 |" in result.stdout
+    # the loop's wait for a CPU, where the run measured it
+    assert "| loop waited for a CPU % |" in result.stdout
+    assert "| 201 | 18.1 |" in result.stdout and "| 201 | 4.0 |" in result.stdout
     # the transport targets, worked out from the committed rounds
     assert "| 512 B: >= 250,000 batches/s | 1 | 350,466 (250,134-374,766) | yes (5 of " \
         "5 rounds) | 481,463 | 618,172 |" in result.stdout
