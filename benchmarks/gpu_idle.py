@@ -27,8 +27,9 @@ H2D copy included); the time a step call takes on the host (p50: a
 launch-bound model's steps slow down when feeders compete for the CPU or
 the GIL); time to the first batch; CPU used by producer
 processes (% of one core, and ms per batch in the steady state, without
-their start-up); peak shared memory (growth of the system's ``Shmem``).
-With ``--rounds N`` every mode runs N times, in rounds, and the pure
+their start-up); peak shared memory (growth of the system's ``Shmem``);
+the share of the loop's time it was ready to run but waited for a CPU
+(Linux: more busy producers than free CPUs, or another process). With ``--rounds N`` every mode runs N times, in rounds, and the pure
 compute time is measured before and after each round; a round counts
 against the faster of its two (see ``summarise``). The JSON is written
 after every round. ``--plot`` writes a PNG (needs matplotlib). On CUDA the

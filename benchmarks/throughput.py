@@ -45,9 +45,13 @@ table gives batches/s, GB/s and the ratio to the Prefetcher with one
 producer. The repeats run in rounds, every transport once per round, so
 that a slow phase of a noisy machine does not fall on one transport only,
 and each ratio is the median of the ratios within a round (the JSON keeps
-every round's rate, ``rounds``). A last table checks the targets set for
-a 2-core machine (``TARGETS``), round by round, next to the bare ring's
-value on the same measure; the JSON has them as ``targets``.
+every round's rate, ``rounds``). Each table also gives the share of the
+run in which the consumer was ready to run but waited for a CPU (Linux);
+where the in-process measures waited over 5%, another process is busy and
+the run says so (``warnings`` in the JSON). A last table checks the
+targets set for a 2-core machine (``TARGETS``), round by round, for one
+and for two producers, next to the bare ring's and the read's values on
+the same measure; the JSON has them as ``targets``.
 
     python benchmarks/throughput.py [--quick] [--repeat 3] [--read max|sum]
 """
@@ -428,8 +432,7 @@ def targets_table(checks: list[dict[str, Any]]) -> tuple[list[str], list[list[st
     """Headers and rows for ``table``: each target and Prefetcher, its
     median (min-max), whether and in how many rounds it reached the
     target, and the bare ring's and the read's medians on the same
-    measure. (Checks written before they named the Prefetcher were of one
-    producer.)"""
+    measure."""
     def show(value: float, ratio: bool, digits: int = 2) -> str:
         return f"{value:.{digits}f}x" if ratio else f"{value:,.0f}"
     rows = []
@@ -437,7 +440,7 @@ def targets_table(checks: list[dict[str, Any]]) -> tuple[list[str], list[list[st
         ratio = check["versus"] is not None
         value = check["value"]
         what = check["versus"] if ratio else "batches/s"
-        producers = check.get("transport", REFERENCE).rpartition("w=")[2]
+        producers = check["transport"].rpartition("w=")[2]
         rows.append([f"{check['size']}: >= {show(check['at_least'], ratio, 1)} {what}",
                      producers, f"{show(value['median'], ratio)} ({show(value['min'], ratio)}"
                      f"-{show(value['max'], ratio)})",

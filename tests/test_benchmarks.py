@@ -100,6 +100,19 @@ def test_throughput_warns_when_another_process_takes_the_cpu(tmp_path):
     assert "another process is busy" in warning and warning in result.stdout
 
 
+def test_consume_reads_every_batch_through_the_chosen_read(monkeypatch):
+    throughput = _throughput_module()
+    import numpy
+    assert throughput.READS["sum"](numpy.arange(4.0)) == 6.0
+    assert throughput.READS["max"](numpy.arange(4.0)) == 3.0
+    seen = []
+    monkeypatch.setattr(throughput, "READ", lambda batch: seen.append(batch[0]) or 0.0)
+    timing = throughput.consume(iter([numpy.full(4, k) for k in range(8)]), 8)
+    assert seen == list(range(8))
+    # steady state: from batch 2 to 8 - 1 - 2 (a quarter of the run each side)
+    assert timing.steady_batches == 3 and timing.whole_batches == 7
+
+
 def test_busy_machine_names_the_worst_in_process_measure():
     throughput = _throughput_module()
 
