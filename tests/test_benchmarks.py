@@ -71,11 +71,9 @@ def test_throughput_read_sum(tmp_path):
     assert "64 KiB batches" in stdout
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux")
-@pytest.mark.timeout(120)
-def test_throughput_warns_when_another_process_takes_the_cpu(tmp_path):
-    # the benchmark and a spinning process share one CPU: its in-process
-    # copy gets about half of it
+def run_beside_a_spinner(tmp_path, script, *args):
+    """``script --quick *args`` on one CPU that a spinning process shares
+    with it (the benchmark gets about half of it): its output and JSON."""
     cpu = min(os.sched_getaffinity(0))
     spinner = subprocess.Popen(
         [sys.executable, "-c", "while True: pass"],
@@ -83,21 +81,36 @@ def test_throughput_warns_when_another_process_takes_the_cpu(tmp_path):
     try:
         out = tmp_path / "out.json"
         result = subprocess.run(
-            [sys.executable, os.path.join(BENCHMARKS, "throughput.py"), "--quick",
-             "--sizes", "38.5 MB", "--only", "memcpy", "--out", str(out)],
-            capture_output=True, text=True, timeout=100,
+            [sys.executable, os.path.join(BENCHMARKS, script), "--quick", *args,
+             "--out", str(out)], capture_output=True, text=True, timeout=100,
             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
     finally:
         spinner.kill()
         spinner.wait()
     assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux")
+@pytest.mark.timeout(120)
+def test_throughput_warns_when_another_process_takes_the_cpu(tmp_path):
+    result, data = run_beside_a_spinner(tmp_path, "throughput.py", "--sizes",
+                                        "38.5 MB", "--only", "memcpy")
     assert data["results"]["38.5 MB"]["memcpy"]["consumer_cpu_wait"]["median"] > 0.05
     warning, = data["warnings"]
     # --only memcpy runs "memcpy + read" too: either may have waited most
     assert re.match(r"at 38\.5 MB, 'memcpy( \+ read)?' waited for a CPU \d+% of "
                     "the time", warning)
     assert "another process is busy" in warning and warning in result.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux")
+@pytest.mark.timeout(120)
+def test_gpu_idle_measures_the_loop_s_wait_for_a_cpu(tmp_path):
+    _, data = run_beside_a_spinner(tmp_path, "gpu_idle.py", "--device", "cpu",
+                                   "--only", "in-process")
+    # the in-process loop augments its own batches on the CPU it shares
+    assert data["results"]["in-process"]["loop_cpu_wait_pct"] > 5
 
 
 def test_consume_reads_every_batch_through_the_chosen_read(monkeypatch):
