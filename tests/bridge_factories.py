@@ -1,5 +1,6 @@
 """Streams that bridge tests serve: ``python -m shmfuel serve bridge_factories:NAME``."""
 
+import sys
 import time
 
 from helpers import sequential_stream, shuffled_stream
@@ -27,6 +28,16 @@ def fails_at_third(data):
 
 def failing():
     return Mapping(sequential_stream(), fails_at_third)
+
+
+def exits_at_third(data):
+    if int(data[0][0]) == 4:
+        sys.exit(3)
+    return data
+
+
+def exiting():
+    return Mapping(sequential_stream(), exits_at_third)
 
 
 def slow_batch(data):

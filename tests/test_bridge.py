@@ -18,7 +18,11 @@ from helpers import as_lists, ask_a_fork, gone, shuffled_stream
 
 zmq = pytest.importorskip("zmq")
 
-from shmfuel.bridge.client import BridgeTimeoutError, ServerDataStream  # noqa: E402
+from shmfuel.bridge.client import (  # noqa: E402
+    BridgeTimeoutError,
+    ServerDataStream,
+    ServerError,
+)
 from shmfuel.bridge.wire import WireError  # noqa: E402
 from shmfuel.exceptions import RemoteTraceback  # noqa: E402
 
@@ -114,25 +118,32 @@ def test_binds_loopback_by_default():
         assert listening == [(server.host, server.port)]
 
 
-def test_server_exception_reaches_the_client_and_the_server_keeps_serving():
-    with Server("failing") as server:
+@pytest.mark.parametrize("factory,error,message,where", [
+    ("failing", KeyError, "example 4 is missing", "fails_at_third"),
+    # a sys.exit() in the pipeline: an error for the client, not the end of
+    # the server
+    ("exiting", ServerError, "raised SystemExit: 3", "exits_at_third"),
+])
+def test_server_exception_reaches_the_client_and_the_server_keeps_serving(
+        factory, error, message, where):
+    with Server(factory) as server:
         client = server.client(sources=("x",))
         try:
             for _ in range(2):
                 epoch = client.get_epoch_iterator()
                 assert [list(x) for x, in (next(epoch), next(epoch))] == [[0, 1], [2, 3]]
-                with pytest.raises(KeyError, match="example 4 is missing") as info:
+                with pytest.raises(error, match=message) as info:
                     next(epoch)
                 assert isinstance(info.value.__cause__, RemoteTraceback)
-                assert "fails_at_third" in str(info.value.__cause__)
-                with pytest.raises(KeyError):
+                assert where in str(info.value.__cause__)
+                with pytest.raises(error):
                     next(epoch)
         finally:
             client.close()
+        assert server.process.poll() is None  # still serving
 
 
 def test_unsafe_values_are_refused_by_the_server():
-    from shmfuel.bridge.client import ServerError
     with Server("lambdas") as server:
         client = server.client(sources=("x", "thing"))
         try:

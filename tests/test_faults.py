@@ -68,6 +68,26 @@ def test_unpicklable_exception_keeps_type_name_and_message():
             list(prefetched.get_epoch_iterator())
 
 
+def exit_3():
+    sys.exit(3)
+
+
+def test_sys_exit_in_the_pipeline_is_reported_not_raised_as_systemexit():
+    # raised as SystemExit, it would end the training process silently
+    stream = Mapping(sequential_stream(), at_batch(1, exit_3))
+    with Prefetcher(stream, hwm=4) as prefetched:
+        epoch = prefetched.get_epoch_iterator()
+        assert list(next(epoch)[0]) == [0, 1]
+        with pytest.raises(ShmfuelError, match=r"raised SystemExit: 3 in a producer; "
+                           "it is reported here instead of ending the training "
+                           "loop") as info:
+            next(epoch)
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "exit_3" in str(info.value.__cause__)
+        with pytest.raises(ShmfuelError, match="SystemExit"):  # and stays broken
+            next(epoch)
+
+
 def kill_self():
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -59,6 +59,12 @@ BURST = 8  # batches sent before looking for the client's messages
 SLOW_S = 20e-6  # a batch made slower than this is sent at once
 
 
+# what the stream's code may raise that goes to the client as its error:
+# also a sys.exit() in the pipeline, which would otherwise end the server
+# while its clients wait out their timeout without a word
+PIPELINE_ERRORS = (Exception, SystemExit)
+
+
 class _Interrupted(BaseException):
     """A stop signal arrived while the stream was running."""
 
@@ -399,7 +405,7 @@ class _Server:
                 if self.sharded is not None:
                     self.iterator = per_batch(self.iterator, self.sharded)
                 self.phase = "producing"
-            except Exception as exc:
+            except PIPELINE_ERRORS as exc:
                 self.send(self.error(exc, epoch))
                 self.phase = "failed"
             return
@@ -419,7 +425,7 @@ class _Server:
                 frames = encode(epoch, self.seq, call(next, iterator))
             except StopIteration:
                 frames, self.phase = wire.encode(wire.END, epoch=epoch), "ended"
-            except Exception as exc:
+            except PIPELINE_ERRORS as exc:
                 frames, self.phase = self.error(exc, epoch), "failed"
             if self.phase != "producing":  # END or ERROR, after the batches
                 if not bundled or self._send_bundle(bundled):

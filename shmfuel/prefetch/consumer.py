@@ -534,6 +534,13 @@ class Consumer:
         if exc is None:
             exc = ShmfuelError(f"the pipeline raised {name}: {message} (the "
                                "exception could not be unpickled here)")
+        elif not isinstance(exc, Exception):
+            # SystemExit from a sys.exit() in the pipeline: raised as it is,
+            # it would end the training process without a word
+            exc = ShmfuelError(
+                f"the pipeline raised {name}: {message} in a producer; it "
+                "is reported here instead of ending the training loop (raise "
+                "an Exception to report an error from the pipeline)")
         exc.__cause__ = RemoteTraceback(tb)
         self._break(exc)
         raise exc
