@@ -8,12 +8,50 @@ import os
 import platform
 import statistics
 import sys
+import time
 from typing import Any
+
+# CPUs' worth of time other processes used just before the run (check_quiet)
+_OTHERS_BUSY: list[float] = []
+
+
+def others_busy(seconds: float = 0.5, stat: str = "/proc/stat") -> float | None:
+    """How many CPUs' worth of time every other process used while this one
+    slept ``seconds``, from Linux's ``/proc/stat``; None elsewhere."""
+    def busy_total() -> tuple[int, int]:
+        with open(stat) as f:
+            ticks = [int(t) for t in f.readline().split()[1:9]]
+        # user nice system idle iowait irq softirq steal
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+    try:
+        busy0, total0 = busy_total()
+        time.sleep(seconds)
+        busy1, total1 = busy_total()
+    except (OSError, ValueError):
+        return None
+    if total1 == total0:
+        return 0.0
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def check_quiet(most: float = 0.1) -> None:
+    """Before a run: warn when other processes keep more than ``most`` of a
+    CPU busy, since every rate measured then is lower and noisier (a stray
+    process waking every 10 ms, at 12% of a CPU, cost the 512-byte ring up
+    to 40%). The value goes into the JSON's ``machine``."""
+    busy = others_busy()
+    if busy is None:
+        return
+    _OTHERS_BUSY[:] = [busy]
+    if busy > most:
+        print(f"warning: other processes kept {busy:.2f} CPUs busy just before "
+              "this run; stop them for numbers worth comparing (ps -eo "
+              "pid,pcpu,args --sort=-pcpu)", file=sys.stderr)
 
 
 def machine() -> dict[str, Any]:
     import numpy
-    info = {
+    info: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
@@ -21,6 +59,8 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
     }
+    if _OTHERS_BUSY:
+        info["others_busy_cpus"] = round(_OTHERS_BUSY[0], 3)
     try:
         import psutil
         info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)

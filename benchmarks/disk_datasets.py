@@ -30,7 +30,7 @@ import numpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine, summary, table, write_json  # noqa: E402
+from _common import check_quiet, machine, summary, table, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "disk_datasets.json"))
     args = parser.parse_args()
+    check_quiet()
     if args.quick:
         args.examples, args.repeat = 2000, 1
     results: dict[str, dict[str, Any]] = {}

@@ -55,7 +55,7 @@ import numpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine, run_queue_s, table, write_json  # noqa: E402
+from _common import check_quiet, machine, run_queue_s, table, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, CROP, SIDE = 256, 64, 72
@@ -558,6 +558,7 @@ def main() -> None:
     if not chosen:
         parser.error(f"no mode matches --only {' '.join(args.only)} (with --workers "
                      f"{' '.join(map(str, args.workers))})")
+    check_quiet()
     if args.device == "cpu":
         accelerator: Any = SleepStep(args.step_ms)
     elif args.graph:

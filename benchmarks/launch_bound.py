@@ -39,7 +39,7 @@ import numpy
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import machine  # noqa: E402
+from _common import check_quiet, machine  # noqa: E402
 from gpu_idle import BATCH, ModelStep, augment, make_dataset  # noqa: E402
 
 # one background process: augment random batches until its time is up, then
@@ -138,6 +138,7 @@ def main() -> None:
                         help="a few steps, K up to 1: a smoke test")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    check_quiet()
     if args.quick:
         args.steps = 1
     out = args.out or os.path.join(HERE, "results", f"launch_bound_{args.device}.json")

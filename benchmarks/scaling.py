@@ -31,7 +31,7 @@ import numpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine, summary, table, write_json  # noqa: E402
+from _common import check_quiet, machine, summary, table, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, SIDE, CROP = 64, 72, 64
@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "scaling.json"))
     args = parser.parse_args()
+    check_quiet()
     dataset_batches = 10  # gpu_idle.py's default: 40 MB
     if args.quick:
         args.batches, args.epochs, args.repeat, args.augment_ms = 6, 1, 1, 2.0

@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine, summary, table, write_json  # noqa: E402
+from _common import check_quiet, machine, summary, table, write_json  # noqa: E402
 
 MODES = ("serial", "prefetcher", "bridge")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results", "seed_tutorial.json"))
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_quiet()
     if args.child:
         child(args.child, args.epochs)
         return

@@ -75,7 +75,7 @@ import numpy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine, run_queue_s, summary, table, write_json  # noqa: E402
+from _common import check_quiet, machine, run_queue_s, summary, table, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = {"512 B": 512, "64 KiB": 64 * 2**10, "1 MiB": 2**20,
@@ -511,6 +511,7 @@ def main() -> None:
                         help="how the consumer reads every byte of a batch "
                              "(default max: faster than a copy, unlike sum)")
     args = parser.parse_args()
+    check_quiet()
     HWM, READ = args.hwm, READS[args.read]
     runs = transports()
     if args.only:

@@ -98,6 +98,9 @@ def test_throughput_warns_when_another_process_takes_the_cpu(tmp_path):
                                         "38.5 MB", "--only", "memcpy")
     assert data["results"]["38.5 MB"]["memcpy"]["consumer_cpu_wait"]["median"] > 0.05
     warning, = data["warnings"]
+    # the spinner was already busy before the run began
+    assert "warning: other processes kept" in result.stderr
+    assert data["machine"]["others_busy_cpus"] > 0.5
     # --only memcpy runs "memcpy + read" too: either may have waited most
     assert re.match(r"at 38\.5 MB, 'memcpy( \+ read)?' waited for a CPU \d+% of "
                     "the time", warning)
@@ -111,6 +114,33 @@ def test_gpu_idle_measures_the_loop_s_wait_for_a_cpu(tmp_path):
                                    "--only", "in-process")
     # the in-process loop augments its own batches on the CPU it shares
     assert data["results"]["in-process"]["loop_cpu_wait_pct"] > 5
+
+
+def test_other_processes_busy_before_a_run_are_measured_and_warned_of(
+        tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import _common
+    finally:
+        sys.path.remove(BENCHMARKS)
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 1000 0 0 0 0 0 0\ncpu0 ...\n")
+
+    def sleep(seconds):  # meanwhile: 100 ticks busy of 200
+        stat.write_text("cpu  150 0 150 1080 20 0 0 0 0 0\ncpu0 ...\n")
+    monkeypatch.setattr(_common.time, "sleep", sleep)
+    cpus = os.cpu_count()
+    assert _common.others_busy(stat=str(stat)) == pytest.approx(0.5 * cpus)
+    assert _common.others_busy(stat=str(tmp_path / "missing")) is None
+
+    monkeypatch.setattr(_common, "_OTHERS_BUSY", [])
+    monkeypatch.setattr(_common, "others_busy", lambda: 0.05)
+    _common.check_quiet()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(_common, "others_busy", lambda: 0.5)
+    _common.check_quiet()
+    assert "other processes kept 0.50 CPUs busy" in capsys.readouterr().err
+    assert _common.machine()["others_busy_cpus"] == 0.5
 
 
 def test_consume_reads_every_batch_through_the_chosen_read(monkeypatch):
