@@ -481,8 +481,8 @@ def transports() -> dict[str, Callable[[int, int], Timing]]:
         "read": run_read,
         "memcpy + read": run_memcpy(read=True),
         BARE: run_bare_ring,
-        "shmfuel Prefetcher w=1": run_prefetcher(1),
-        "shmfuel Prefetcher w=2": run_prefetcher(2),
+        REFERENCE: run_prefetcher(1),
+        PREFETCHERS[1]: run_prefetcher(2),
         "multiprocessing.Queue": run_queue,
     }
     if importlib.util.find_spec("zmq") is not None:
@@ -572,7 +572,7 @@ def main() -> None:
         print("\nTargets on a 2-core machine (ratios within a round):")
         print(table(*targets_table(checks)))
     write_json(args.out, {"benchmark": "throughput", "machine": machine(), "hwm": HWM,
-                          "reference": REFERENCE, "read": args.read,
+                          "reference": REFERENCE, "read": READ.__name__,
                           "repeat": 1 if args.quick else args.repeat,
                           "results": results, "targets": checks,
                           "warnings": warnings})

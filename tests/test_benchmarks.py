@@ -65,7 +65,7 @@ def test_throughput_quick(tmp_path):
 def test_throughput_read_sum(tmp_path):
     stdout, data = run_quick(tmp_path, "throughput.py", "--sizes", "64 KiB",
                              "--only", "read", "Prefetcher w=1", "--read", "sum")
-    assert data["read"] == "sum"
+    assert data["read"] == "sum"  # the name of the read the consumer used
     assert set(data["results"]["64 KiB"]) == {"read", "memcpy + read",
                                               "shmfuel Prefetcher w=1"}
     assert "64 KiB batches" in stdout
